@@ -1,0 +1,4 @@
+"""clip-lora-pipeline
+"""
+
+__version__ = "0.1"

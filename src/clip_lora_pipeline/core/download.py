@@ -1,0 +1,164 @@
+"""Fetching remote files: temporary name, checksum, atomic rename, atomic extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_USER_AGENT = "clip-lora-pipeline (python urllib)"
+
+
+class DownloadError(RuntimeError):
+    """A remote file could not be fetched or failed its checksum."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file a source publishes.
+
+    ``md5`` is checked when the publisher gives one. ``extract`` unpacks the archive
+    into the dataset root and then deletes it. ``provides`` is the path, relative to
+    the root, that exists once this file is in place; it is how a re-run knows the
+    file is no longer missing.
+    """
+
+    url: str
+    filename: str
+    provides: str
+    md5: str | None = None
+    extract: bool = False
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manual_placement_hint(remote: RemoteFile, target: Path) -> str:
+    return (
+        f"Without network access, download {remote.url} on another machine and "
+        f"place it at {target}, then re-run; it is checked"
+        + (f" against md5 {remote.md5}" if remote.md5 else "")
+        + " and unpacked in place."
+    )
+
+
+def download_file(remote: RemoteFile, dest_dir: Path, timeout: float = 30.0) -> Path:
+    """Download ``remote`` into ``dest_dir`` unless a verified copy is already there.
+
+    The bytes go to ``<name>.part`` and are renamed only after the length and md5
+    check out, so an interrupted download never leaves a file that looks complete.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / remote.filename
+    if target.exists():
+        if remote.md5 is None or md5_of(target) == remote.md5:
+            logger.info("Using %s already on disk", target)
+            return target
+        logger.warning("%s fails its md5 check; downloading it again", target)
+        target.unlink()
+
+    part = target.with_name(target.name + ".part")
+    request = urllib.request.Request(remote.url, headers={"User-Agent": _USER_AGENT})
+    digest = hashlib.md5(usedforsecurity=False)
+    received = 0
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            expected = response.length
+            with (
+                open(part, "wb") as out,
+                tqdm(total=expected, unit="B", unit_scale=True, desc=remote.filename) as bar,
+            ):
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise DownloadError(
+            f"Could not download {remote.url}: {reason}. "
+            + _manual_placement_hint(remote, target)
+        ) from exc
+
+    if expected is not None and received != expected:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"Download of {remote.url} stopped after {received} of {expected} bytes. "
+            "Re-run to try again. " + _manual_placement_hint(remote, target)
+        )
+    if remote.md5 is not None and digest.hexdigest() != remote.md5:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{remote.url} has md5 {digest.hexdigest()}, expected {remote.md5}. "
+            "The file is corrupt or the publisher changed it; nothing was kept."
+        )
+    os.replace(part, target)
+    return target
+
+
+def extract_archive(archive: Path, dest_dir: Path) -> list[Path]:
+    """Unpack ``archive`` into ``dest_dir`` atomically per top-level entry.
+
+    Members are unpacked into a temporary folder beside the destination and each
+    top-level entry is renamed into place at the end, so a partly unpacked archive is
+    never mistaken for a complete one.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".extract-", dir=dest_dir) as tmp:
+        staging = Path(tmp)
+        name = archive.name.lower()
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(staging)
+        elif name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+            with tarfile.open(archive) as tarred:
+                tarred.extractall(staging, filter="data")
+        else:
+            raise DownloadError(
+                f"Do not know how to unpack {archive}: expected .zip, .tar, .tar.gz or .tgz."
+            )
+        placed = []
+        for entry in sorted(staging.iterdir()):
+            final = dest_dir / entry.name
+            if final.is_dir():
+                shutil.rmtree(final)
+            elif final.exists():
+                final.unlink()
+            os.replace(entry, final)
+            placed.append(final)
+    return placed
+
+
+def missing_files(files: Iterable[RemoteFile], dest_dir: Path) -> list[RemoteFile]:
+    return [remote for remote in files if not (dest_dir / remote.provides).exists()]
+
+
+def fetch(files: Iterable[RemoteFile], dest_dir: Path, timeout: float = 30.0) -> None:
+    """Download (and unpack) into ``dest_dir`` every file that is not there yet."""
+    for remote in missing_files(files, dest_dir):
+        path = download_file(remote, dest_dir, timeout=timeout)
+        if remote.extract:
+            logger.info("Unpacking %s", path)
+            extract_archive(path, dest_dir)
+            path.unlink()

@@ -1,0 +1,64 @@
+"""What every data source provides: the files to fetch and a manifest of what is on disk."""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from clip_lora_pipeline.core.download import RemoteFile, fetch, missing_files
+
+
+class SourceError(ValueError):
+    """A source's files are missing or not in the expected layout."""
+
+
+class Source(ABC):
+    """A data source. Subclasses set ``name`` and implement ``index``.
+
+    ``remote_files`` lists what the publisher hosts; ``prepare`` fetches whatever of
+    it is missing under ``root``; ``index`` reads the on-disk layout into a manifest.
+    Options from the dataset's parameters are passed as keyword arguments to all three.
+    """
+
+    name: ClassVar[str]
+    layout: ClassVar[str] = ""
+
+    def remote_files(self, **options: Any) -> list[RemoteFile]:
+        return []
+
+    def prepare(self, root: Path, timeout: float = 30.0, **options: Any) -> None:
+        fetch(self.remote_files(**options), root, timeout=timeout)
+
+    def is_prepared(self, root: Path, **options: Any) -> bool:
+        return root.is_dir() and not missing_files(self.remote_files(**options), root)
+
+    @abstractmethod
+    def index(self, root: Path, **options: Any) -> pd.DataFrame:
+        """Read the on-disk layout under ``root`` into a manifest."""
+
+    def check_options(self, dataset: str, options: dict[str, Any]) -> None:
+        """Reject option names this source does not take, naming the parameter."""
+        accepted = {
+            name
+            for method in (self.index, self.remote_files, self.prepare, self.is_prepared)
+            for name in inspect.signature(method).parameters
+        } - {"root", "timeout", "options"}
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise SourceError(
+                f"datasets.{dataset}: source '{self.name}' has no option(s) {unknown}; "
+                f"it takes {sorted(accepted) or 'no options'}."
+            )
+
+    def require(self, root: Path, *relative: str) -> None:
+        """Fail with the expected layout when files are missing."""
+        missing = [r for r in relative if not (root / r).exists()]
+        if missing:
+            raise SourceError(
+                f"{self.name}: {[str(root / m) for m in missing]} not found. "
+                f"Expected layout under {root}:\n{self.layout}"
+            )

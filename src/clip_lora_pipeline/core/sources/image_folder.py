@@ -1,0 +1,99 @@
+"""A user's own images: one sub-folder per class, optionally under train/ val/ test/."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from clip_lora_pipeline.core.manifest import SPLITS, make_manifest
+from clip_lora_pipeline.core.sources.base import Source, SourceError
+
+logger = logging.getLogger(__name__)
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    # Every visible file is listed, images or not: validation rejects the non-images
+    # and reports them, instead of an extension filter dropping them unseen.
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def default_class_name(folder: str) -> str:
+    return folder.replace("_", " ").strip()
+
+
+class ImageFolder(Source):
+    name = "image_folder"
+    layout = (
+        "  <class name>/<image files>                     (no split: a stratified split is made)\n"
+        "  or train/<class name>/..., test/<class name>/..., optionally val/<class name>/..."
+    )
+
+    def is_prepared(self, root: Path, class_names: dict[str, str] | None = None) -> bool:
+        return root.is_dir()
+
+    def prepare(self, root: Path, timeout: float = 30.0,
+                class_names: dict[str, str] | None = None) -> None:
+        if not root.is_dir():
+            raise SourceError(
+                f"image_folder: {root} is not a folder. Set the dataset's 'root' parameter "
+                "to a folder with one sub-folder per class."
+            )
+
+    def index(self, root: Path, class_names: dict[str, str] | None = None) -> pd.DataFrame:
+        self.prepare(root)
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+        split_dirs = [p for p in subdirs if p.name in SPLITS]
+        if split_dirs:
+            if {p.name for p in split_dirs} != {p.name for p in subdirs}:
+                others = sorted(p.name for p in subdirs if p.name not in SPLITS)
+                raise SourceError(
+                    f"image_folder: {root} mixes split folders {sorted(p.name for p in split_dirs)} "
+                    f"with other folders {others}. Put every class folder under train/, val/ or test/."
+                )
+            class_dirs = {
+                (split.name, d.name): d
+                for split in split_dirs for d in split.iterdir() if d.is_dir() and _visible(d)
+            }
+        else:
+            class_dirs = {(None, d.name): d for d in subdirs}
+        stray = sorted(
+            p.relative_to(root).as_posix()
+            for container in (root, *split_dirs) for p in container.iterdir()
+            if p.is_file() and _visible(p)
+        )
+        if stray:
+            logger.warning(
+                "image_folder %s: ignoring %d file(s) outside class folders: %s",
+                root, len(stray), ", ".join(stray[:10]),
+            )
+        if not class_dirs:
+            raise SourceError(f"image_folder: {root} has no class sub-folders. Expected:\n{self.layout}")
+        folders = sorted({name for _, name in class_dirs})
+        mapping = class_names or {}
+        unknown = sorted(set(mapping) - set(folders))
+        if unknown:
+            raise SourceError(
+                f"image_folder: class_names names folders {unknown} that do not exist in {root}."
+            )
+        paths, labels, splits = [], [], []
+        for (split, folder), directory in sorted(class_dirs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+            files = _files_under(directory)
+            if not files:
+                raise SourceError(
+                    f"image_folder: class folder {directory} is empty. Add images to it or remove it."
+                )
+            for path in files:
+                paths.append(path.relative_to(root).as_posix())
+                labels.append(folders.index(folder))
+                splits.append(split)
+        names = [mapping.get(f, default_class_name(f)) for f in folders]
+        return make_manifest(paths, labels, names, splits)

@@ -1,0 +1,50 @@
+"""The project's parameters as the pipeline registry needs them.
+
+Kedro builds pipelines before a node sees a parameter, but ours depend on one: the
+list of datasets (one namespace each). During ``kedro run`` / ``kedro viz`` the hook
+hands over the run's own config loader; elsewhere (``kedro registry list``) the
+configuration of ``KEDRO_ENV``, or of the default ``local`` environment, is read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kedro.config import AbstractConfigLoader, OmegaConfigLoader
+
+_active_loader: AbstractConfigLoader | None = None
+
+
+def use_config_loader(loader: AbstractConfigLoader) -> None:
+    global _active_loader  # noqa: PLW0603
+    _active_loader = loader
+
+
+def parameters() -> dict[str, Any]:
+    loader = _active_loader
+    if loader is None:  # not `or`: a config loader is a mapping, falsy until read
+        loader = OmegaConfigLoader(
+            conf_source=str(Path.cwd() / "conf"),
+            base_env="base",
+            default_run_env=os.environ.get("KEDRO_ENV", "local"),
+        )
+    return loader["parameters"]
+
+
+def dataset_names() -> list[str]:
+    """The datasets to run, each checked against ``dataset_configs``."""
+    params = parameters()
+    names = params.get("datasets") or []
+    configs = params.get("dataset_configs") or {}
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"parameter 'datasets' must be a list of names, got {names!r}.")
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        raise ValueError(
+            f"datasets {unknown} have no entry under 'dataset_configs' in the parameters; "
+            f"configured: {sorted(configs)}. Add e.g.\n  dataset_configs:\n    {unknown[0]}:\n"
+            f"      source: image_folder\n      root: /path/to/{unknown[0]}"
+        )
+    return list(names)
