@@ -84,19 +84,21 @@ def split(
 
 
 def few_shot(
-    train_pool: pd.DataFrame, val_pool: pd.DataFrame, test: pd.DataFrame,
-    few_shot_params: dict[str, Any],
+    train_pool: pd.DataFrame,
+    val_pool: pd.DataFrame,
+    test: pd.DataFrame,
+    shots: int | None,
+    val_shots: int | None,
+    seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """k images per class for training and min(k, 4) (or ``val_shots``) for validation."""
+    """``shots`` images per class for training and ``val_shots`` (default min(shots, 4))
+    for validation; None means all."""
     classes = sorted(set(train_pool["class_name"]) | set(val_pool["class_name"])
                      | set(test["class_name"]))
     check_classes_present(train_pool, classes, "train")
     check_classes_present(val_pool, classes, "val")
-    shots = few_shot_params.get("shots")
-    val_shots = few_shot_params.get("val_shots")
     if val_shots is None and shots is not None:
         val_shots = min(shots, 4)
-    seed = few_shot_params["seed"]
     train = sample_few_shot(train_pool, shots, seed, "train")
     val = sample_few_shot(val_pool, val_shots, seed, "val")
     return train, val

@@ -5,7 +5,10 @@ from kedro.pipeline import Node, Pipeline
 from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
 
 # Parameters shared by every dataset namespace (not prefixed with the namespace).
-SHARED_PARAMETERS = {"params:download", "params:validation", "params:split", "params:few_shot"}
+SHARED_PARAMETERS = {
+    "params:download", "params:validation", "params:split",
+    "params:shots", "params:val_shots", "params:few_shot_seed",
+}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -24,7 +27,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 few_shot,
-                ["train_pool", "val_pool", "test", "params:few_shot"],
+                ["train_pool", "val_pool", "test", "params:shots", "params:val_shots",
+                 "params:few_shot_seed"],
                 ["train", "val"],
                 name="few_shot",
             ),

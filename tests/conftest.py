@@ -1,0 +1,71 @@
+"""Shared fixtures. Every test runs without network: a connection to anything but
+loopback fails the test."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+
+class NetworkAccessError(AssertionError):
+    """A test tried to reach the network."""
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+
+    def guarded(method):
+        def connect(self, address, *args):
+            if not _is_local(address):
+                raise NetworkAccessError(f"test tried to open a network connection to {address}")
+            return method(self, address, *args)
+        return connect
+
+    def no_lookup(host, *args, **kwargs):
+        if host in (None, "localhost") or _is_local((host,)):
+            return real_getaddrinfo(host, *args, **kwargs)
+        raise NetworkAccessError(f"test tried to resolve {host!r}")
+
+    real_getaddrinfo = socket.getaddrinfo
+    monkeypatch.setattr(socket.socket, "connect", guarded(real_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+
+
+def write_image(path: Path, size=(24, 20), mode="RGB", fmt=None, seed=0) -> Path:
+    """A small random image in any PIL mode and format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def make_image():
+    return write_image

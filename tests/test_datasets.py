@@ -1,0 +1,48 @@
+"""Catalog datasets write atomically: an interrupted save leaves no file behind."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from kedro.io.core import DatasetError
+
+from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset
+
+
+def test_parquet_round_trip_leaves_only_the_final_file(tmp_path):
+    dataset = ParquetDataset(filepath=str(tmp_path / "sub" / "table.parquet"))
+    frame = pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1]})
+    dataset.save(frame)
+    pd.testing.assert_frame_equal(dataset.load(), frame)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["table.parquet"]
+
+
+def test_interrupted_save_keeps_the_previous_file_intact(tmp_path, monkeypatch):
+    target = tmp_path / "table.parquet"
+    dataset = ParquetDataset(filepath=str(target))
+    old = pd.DataFrame({"x": [1, 2, 3]})
+    dataset.save(old)
+
+    def dies_halfway(self, handle, **kwargs):
+        handle.write(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", dies_halfway)
+    with pytest.raises((KeyboardInterrupt, DatasetError)):
+        dataset.save(pd.DataFrame({"x": [9]}))
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(ParquetDataset(filepath=str(target)).load(), old)
+    assert [p.name for p in tmp_path.iterdir()] == ["table.parquet"]
+
+
+def test_interrupted_first_save_leaves_nothing(tmp_path, monkeypatch):
+    dataset = JSONDataset(filepath=str(tmp_path / "metrics.json"))
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr("json.dump", dies)
+    with pytest.raises((RuntimeError, DatasetError)):
+        dataset.save({"top1": 0.5})
+    assert list(tmp_path.iterdir()) == []
+    assert not dataset.exists()
