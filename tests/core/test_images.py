@@ -6,7 +6,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clip_lora_pipeline.core.images import BadImagesError, load_rgb, to_rgb, validate_images
+from clip_lora_pipeline.core.images import (
+    BadImagesError,
+    load_rgb,
+    to_rgb,
+    validate_images,
+)
 from clip_lora_pipeline.core.manifest import make_manifest
 
 

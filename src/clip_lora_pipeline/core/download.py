@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import tarfile
 import tempfile
 import urllib.error
@@ -93,7 +92,7 @@ def download_file(remote: RemoteFile, dest_dir: Path, timeout: float = 30.0) -> 
                     digest.update(block)
                     received += len(block)
                     bar.update(len(block))
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise DownloadError(

@@ -152,6 +152,7 @@ class Synthetic(Source):
         spec = self._spec(num_classes, images_per_class, image_size, seed)
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+        staging.chmod(0o755)  # mkdtemp makes it owner-only
         try:
             for class_name in list(CLASSES)[:num_classes]:
                 folder = staging / folder_name(class_name)
