@@ -1,0 +1,95 @@
+"""Batched image encoding with a DataLoader: worker processes, pinned memory on GPU,
+mixed precision where asked, memory bounded by the batch size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.models import autocast
+
+
+class ManifestImages(Dataset):
+    """The images of a manifest, decoded to RGB and preprocessed, with their row index."""
+
+    def __init__(self, manifest: pd.DataFrame, root: str | Path, transform: Callable):
+        self.paths = [str(Path(root) / p) for p in manifest["path"]]
+        self.labels = manifest["label"].to_numpy(dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return self.transform(load_rgb(self.paths[index])), self.labels[index]
+
+
+def image_loader(
+    manifest: pd.DataFrame,
+    root: str | Path,
+    transform: Callable,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        ManifestImages(manifest, root, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        generator=generator,
+        drop_last=drop_last,
+    )
+
+
+def encode_images(
+    model: torch.nn.Module,
+    manifest: pd.DataFrame,
+    root: str | Path,
+    transform: Callable,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    desc: str = "Encoding images",
+) -> np.ndarray:
+    """L2-normalised float32 image embeddings, one row per manifest row, in order."""
+    loader = image_loader(manifest, root, transform, device, batch_size, num_workers)
+    out: np.ndarray | None = None
+    start = 0
+    model.eval()
+    with torch.inference_mode(), autocast(device, dtype):
+        for batch, _ in tqdm(loader, desc=desc, unit="batch", mininterval=1.0):
+            images = batch.to(device, non_blocking=True)
+            features = F.normalize(model.encode_image(images).float(), dim=-1).cpu().numpy()
+            if out is None:
+                out = np.empty((len(manifest), features.shape[1]), dtype=np.float32)
+            out[start:start + len(features)] = features
+            start += len(features)
+    if out is None:
+        raise ValueError("cannot encode an empty manifest")
+    return out
+
+
+def embeddings_table(manifest: pd.DataFrame, embeddings: np.ndarray) -> pd.DataFrame:
+    """The manifest's key columns beside one embedding per row (a list column)."""
+    table = manifest[["path", "label", "class_name"]].reset_index(drop=True).copy()
+    table["embedding"] = list(embeddings.astype(np.float32))
+    return table
+
+
+def embeddings_matrix(table: pd.DataFrame) -> np.ndarray:
+    return np.stack(table["embedding"].to_numpy()).astype(np.float32, copy=False)

@@ -1,0 +1,187 @@
+"""Model loading, device/precision, trimmed text encoding and cached-embedding equivalence,
+on the tiny randomly initialised model (same code paths as a real one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from clip_lora_pipeline.core.embed import (
+    embeddings_matrix,
+    embeddings_table,
+    encode_images,
+)
+from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.metrics import evaluate
+from clip_lora_pipeline.core.models import (
+    TINY_MODEL,
+    ModelError,
+    ModelSpec,
+    autocast,
+    load_model,
+    model_slug,
+    resolve_device,
+    resolve_precision,
+)
+from clip_lora_pipeline.core.prompts import (
+    PromptError,
+    build_text_classifier,
+    encode_text_trimmed,
+    templates_for,
+    trimmed_length,
+)
+from clip_lora_pipeline.core.sources.synthetic import Synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_model(ModelSpec(TINY_MODEL))
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(ModelError, match="ViT-B-32"):
+        load_model(ModelSpec("ViT-B-33"))
+
+
+def test_unknown_tag_lists_the_models_tags():
+    with pytest.raises(ModelError) as error:
+        load_model(ModelSpec("ViT-B-32", pretrained="opnai"))
+    assert "openai" in str(error.value) and "laion2b_s34b_b79k" in str(error.value)
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(ModelError, match="nope.safetensors does not exist"):
+        load_model(ModelSpec(TINY_MODEL, checkpoint=str(tmp_path / "nope.safetensors")))
+
+
+def test_download_that_cannot_happen_says_to_set_a_local_path(monkeypatch):
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai'")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    with pytest.raises(ModelError, match="model.checkpoint"):
+        load_model(ModelSpec("ViT-B-32", pretrained="openai"))
+
+
+def test_local_checkpoint_gives_identical_outputs(tiny, tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(path))
+    loaded = load_model(ModelSpec(TINY_MODEL, checkpoint=str(path)))
+    images = torch.randn(3, 3, 32, 32)
+    tokens = tiny.tokenizer(["a photo of a red circle.", "a dog"])
+    with torch.inference_mode():
+        assert torch.equal(tiny.model.encode_image(images), loaded.model.encode_image(images))
+        assert torch.equal(tiny.model.encode_text(tokens), loaded.model.encode_text(tokens))
+    slug = model_slug(loaded.spec)
+    assert slug.startswith(f"{TINY_MODEL}__ckpt-") and len(slug.split("ckpt-")[1]) == 12
+
+
+def test_slug_changes_with_the_checkpoint_contents(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(2)}, str(path))
+    first = model_slug(ModelSpec(TINY_MODEL, checkpoint=str(path)))
+    save_file({"a": torch.ones(2)}, str(path))
+    assert model_slug(ModelSpec(TINY_MODEL, checkpoint=str(path))) != first
+    assert model_slug(ModelSpec("ViT-B-32", "laion2b_s34b_b79k")) == "ViT-B-32__laion2b_s34b_b79k"
+
+
+def test_device_and_precision_on_cpu():
+    device = resolve_device("auto")
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") == torch.float32
+    assert resolve_precision(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ModelError, match="precision"):
+        resolve_precision(cpu, "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with autocast(cpu, torch.bfloat16):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_enabled("cpu")
+    with autocast(cpu, torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_trimmed_text_encoding_equals_encode_text(tiny):
+    prompts = [t.format(name) for name in ("pink primrose", "hard-leaved pocket orchid", "x")
+               for t in templates_for("ensemble", "flowers102")[:10]]
+    tokens = tiny.tokenizer(prompts)
+    assert trimmed_length(tiny.model, tokens) < 30
+    with torch.inference_mode():
+        full = tiny.model.encode_text(tokens)
+        trimmed = encode_text_trimmed(tiny.model, tokens)
+    assert torch.allclose(full, trimmed, atol=1e-5)
+
+
+def test_text_classifier_is_normalised_mean_of_normalised_templates(tiny):
+    templates = templates_for("dataset", "eurosat")
+    classes = ["forest", "river", "lake or sea"]
+    classifier = build_text_classifier(tiny.model, tiny.tokenizer, classes, templates,
+                                       torch.device("cpu"), batch_size=4)
+    with torch.inference_mode():
+        direct = F.normalize(tiny.model.encode_text(
+            tiny.tokenizer([t.format(c) for c in classes for t in templates])), dim=-1)
+    expected = F.normalize(direct.reshape(3, len(templates), -1).mean(1), dim=-1)
+    assert classifier.shape == (3, 32)
+    assert torch.allclose(classifier, expected, atol=1e-5)
+
+
+def test_prompt_sets():
+    assert templates_for("simple", "x") == ["a photo of a {}."]
+    assert len(templates_for("ensemble", "x")) == 80
+    assert templates_for("dataset", "flowers102") == ["a photo of a {}, a type of flower."]
+    assert templates_for(["itap of a {}."], "x") == ["itap of a {}."]
+    with pytest.raises(PromptError, match="unknown prompt set"):
+        templates_for("fancy", "x")
+    with pytest.raises(PromptError, match="one '\\{\\}'"):
+        templates_for(["no placeholder"], "x")
+
+
+def test_cached_embeddings_and_zero_shot_logits_equal_direct_open_clip(tiny, tmp_path):
+    root = tmp_path / "synthetic"
+    Synthetic().prepare(root, num_classes=5, images_per_class=4, image_size=40, seed=0)
+    manifest = Synthetic().index(root, num_classes=5, images_per_class=4, image_size=40, seed=0)
+    cpu = torch.device("cpu")
+    embedded = encode_images(tiny.model, manifest, root, tiny.preprocess, cpu,
+                             batch_size=6, num_workers=2)
+    table = embeddings_table(manifest, embedded)
+    restored = embeddings_matrix(table)
+    assert restored.dtype == np.float32
+    assert np.allclose(np.linalg.norm(restored, axis=1), 1.0, atol=1e-5)
+
+    images = torch.stack([tiny.preprocess(load_rgb(root / p)) for p in manifest["path"]])
+    classes = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+    with torch.inference_mode():
+        image_features = F.normalize(tiny.model.encode_image(images), dim=-1)
+        text_features = F.normalize(tiny.model.encode_text(
+            tiny.tokenizer([f"a photo of a {c}." for c in classes])), dim=-1)
+        direct_logits = (tiny.model.logit_scale.exp() * image_features @ text_features.T).numpy()
+    assert np.allclose(restored, image_features.numpy(), atol=1e-5)
+
+    classifier = build_text_classifier(tiny.model, tiny.tokenizer, classes,
+                                       templates_for("simple", "synthetic"), cpu)
+    logits = tiny.model.logit_scale.exp().item() * restored @ classifier.numpy().T
+    assert np.allclose(logits, direct_logits, atol=1e-4)
+
+
+def test_evaluate_metrics_and_tables():
+    logits = np.array([[3.0, 1, 0, 0, 0, 0], [0, 3.0, 1, 0, 0, 0], [0, 3.0, 1, 0, 0, 0],
+                       [0, 0, 0, 0, 0, 3.0]])
+    labels = np.array([0, 1, 2, 5])
+    names = ["a", "b", "c", "d", "e", "f"]
+    metrics, per_class, predictions = evaluate(logits, labels, names, ["p0", "p1", "p2", "p3"])
+    assert metrics["top1"] == 0.75
+    assert metrics["top5"] == 1.0
+    assert metrics["mean_per_class_recall"] == pytest.approx((1 + 1 + 0 + 1) / 4)
+    assert per_class.set_index("class_name").loc["b", "precision"] == 0.5
+    assert per_class["support"].tolist() == [1, 1, 1, 0, 0, 1]
+    assert predictions["predicted_class"].tolist() == ["a", "b", "b", "f"]
+    assert predictions["top5_classes"][2][:2] == ["b", "c"]
+    small = evaluate(logits[:3, :3], labels[:3], names[:3], ["p0", "p1", "p2"])[0]
+    assert "top5" not in small
