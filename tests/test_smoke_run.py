@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -51,6 +52,17 @@ def test_smoke_run_writes_the_manifests(project):
     assert len(test) == 36 and test["class_name"].nunique() == 6
     for name in ("manifest", "images", "rejected_images"):
         assert (project / f"data/02_intermediate/synthetic/{name}.parquet").exists()
+
+
+@pytest.mark.slow
+def test_smoke_run_evaluates_every_prompt_set_zero_shot(project):
+    features = project / "data/04_feature/synthetic/clip-lora-tiny__random"
+    assert len(pd.read_parquet(features / "test_embeddings.parquet")) == 36
+    for prompt_set in ("simple", "ensemble", "dataset"):
+        out = project / f"data/07_model_output/synthetic/clip-lora-tiny__random/zero_shot_{prompt_set}"
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["n_images"] == 36 and 0 <= metrics["top1"] <= 1
+        assert len(pd.read_parquet(out / "predictions.parquet")) == 36
 
 
 @pytest.mark.slow

@@ -5,11 +5,24 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from clip_lora_pipeline import project_config
-from clip_lora_pipeline.pipelines import data
+from clip_lora_pipeline.pipelines.data import pipeline as data
+from clip_lora_pipeline.pipelines.zero_shot import pipeline as zero_shot
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """One namespace per configured dataset, e.g. ``flowers102.split``."""
+    """One namespace per configured dataset, e.g. ``flowers102.split``.
+
+    Each pipeline includes the steps it depends on, so ``kedro run --pipeline zero_shot``
+    works from a fresh checkout; ``--only-missing-outputs`` skips finished ones.
+    """
     names = project_config.dataset_names()
-    data_pipeline = sum((data.pipeline.for_dataset(name) for name in names), Pipeline([]))
-    return {"__default__": data_pipeline, "data": data_pipeline}
+    prompt_sets = project_config.prompt_set_names()
+    data_pipeline = sum((data.for_dataset(n) for n in names), Pipeline([]))
+    zero_shot_pipeline = data_pipeline + sum(
+        (zero_shot.for_dataset(n, prompt_sets) for n in names), Pipeline([])
+    )
+    return {
+        "__default__": zero_shot_pipeline,
+        "data": data_pipeline,
+        "zero_shot": zero_shot_pipeline,
+    }

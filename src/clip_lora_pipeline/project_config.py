@@ -48,3 +48,13 @@ def dataset_names() -> list[str]:
             f"      source: image_folder\n      root: /path/to/{unknown[0]}"
         )
     return list(names)
+
+
+def prompt_set_names() -> list[str]:
+    prompt_sets = parameters().get("prompt_sets") or {}
+    if not isinstance(prompt_sets, dict):
+        raise ValueError(
+            "parameter 'prompt_sets' must map a name to simple, ensemble, dataset or a list "
+            f"of templates; got {prompt_sets!r}."
+        )
+    return list(prompt_sets)

@@ -4,18 +4,17 @@ device and precision."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from difflib import get_close_matches
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
 from torch import nn
+
+from clip_lora_pipeline.core.model_id import ModelError, ModelSpec, model_slug
 
 logger = logging.getLogger(__name__)
 
@@ -24,62 +23,10 @@ TINY_MODEL = "clip-lora-tiny"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class ModelError(ValueError):
-    """A model cannot be found, downloaded or loaded as configured."""
-
-
 def register_model_configs() -> None:
     """Make the project's own configs (the tiny test model) known to open_clip."""
     if TINY_MODEL not in open_clip.list_models():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model: an open_clip name plus a pretrained tag, or a local checkpoint file,
-    or neither (random weights, for tests and benchmarks)."""
-
-    name: str
-    pretrained: str | None = None
-    checkpoint: str | None = None
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ModelSpec:
-        unknown = sorted(set(params) - {"name", "pretrained", "checkpoint"})
-        if unknown or "name" not in params:
-            raise ModelError(
-                f"model parameters take name, pretrained and checkpoint; got {sorted(params)}."
-            )
-        return cls(params["name"], params.get("pretrained"), params.get("checkpoint"))
-
-
-@cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_slug(spec: ModelSpec) -> str:
-    """A folder-safe name for the model's identity, used in every feature path.
-
-    A checkpoint is identified by its content hash, so replacing the file in place
-    never reuses embeddings of the old weights.
-    """
-    if spec.checkpoint:
-        path = Path(spec.checkpoint)
-        if not path.is_file():
-            raise ModelError(
-                f"model.checkpoint {path} does not exist. Point it at a .safetensors, .pt or "
-                ".bin file of open_clip weights, or set it to null to use model.pretrained."
-            )
-        stat = path.stat()
-        weights = "ckpt-" + _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)[:12]
-    else:
-        weights = spec.pretrained or "random"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{spec.name}__{weights}")
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -1,0 +1,1 @@
+"""Cached image embeddings, text classifiers per prompt set, zero-shot evaluation."""

@@ -1,0 +1,104 @@
+"""Thin wrappers over the library: encode once, build text classifiers, evaluate."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clip_lora_pipeline.core.embed import (
+    embeddings_matrix,
+    embeddings_table,
+    encode_images,
+)
+from clip_lora_pipeline.core.manifest import class_table
+from clip_lora_pipeline.core.metrics import evaluate
+from clip_lora_pipeline.core.model_id import ModelSpec
+from clip_lora_pipeline.core.models import (
+    LoadedModel,
+    load_model,
+    resolve_device,
+    resolve_precision,
+)
+from clip_lora_pipeline.core.prompts import build_text_classifier, templates_for
+
+logger = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _model(spec: ModelSpec, device: str) -> LoadedModel:
+    # Several nodes of one run use the same model; load it once per process.
+    return load_model(spec, device)
+
+
+def _loaded(model_params: dict[str, Any], runtime: dict[str, Any]) -> LoadedModel:
+    device = resolve_device(runtime.get("device", "auto"))
+    return _model(ModelSpec.from_params(model_params), str(device))
+
+
+def encode_splits(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    dataset: dict[str, Any],
+    model_params: dict[str, Any],
+    runtime: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """L2-normalised image embeddings of the train, val and test images."""
+    loaded = _loaded(model_params, runtime)
+    dtype = resolve_precision(loaded.device, runtime.get("precision", "auto"))
+    tables = []
+    for name, manifest in (("train", train), ("val", val), ("test", test)):
+        embeddings = encode_images(
+            loaded.model, manifest, Path(dataset["root"]), loaded.preprocess, loaded.device,
+            dtype=dtype, batch_size=runtime.get("batch_size", 64),
+            num_workers=runtime.get("num_workers", 2), desc=f"Encoding {name}",
+        )
+        tables.append(embeddings_table(manifest, embeddings))
+    return tables[0], tables[1], tables[2]
+
+
+def text_classifier(
+    manifest: pd.DataFrame,
+    dataset: dict[str, Any],
+    prompt_set: str | list[str],
+    model_params: dict[str, Any],
+    runtime: dict[str, Any],
+) -> pd.DataFrame:
+    """One normalised text embedding per class (label order), with the logit scale."""
+    loaded = _loaded(model_params, runtime)
+    classes = class_table(manifest)
+    templates = templates_for(prompt_set, dataset["source"])
+    weights = build_text_classifier(
+        loaded.model, loaded.tokenizer, classes, templates, loaded.device
+    ).numpy()
+    return pd.DataFrame({
+        "label": np.arange(len(classes)),
+        "class_name": classes,
+        "embedding": list(weights),
+        "logit_scale": float(loaded.model.logit_scale.exp().item()),
+        "n_templates": len(templates),
+    })
+
+
+def zero_shot(
+    test_embeddings: pd.DataFrame, classifier: pd.DataFrame
+) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """Metrics, per-class table and predictions of the text classifier on test."""
+    logits = zero_shot_logits(test_embeddings, classifier)
+    metrics, per_class, predictions = evaluate(
+        logits, test_embeddings["label"].to_numpy(), classifier["class_name"].tolist(),
+        test_embeddings["path"].tolist(),
+    )
+    metrics["n_templates"] = int(classifier["n_templates"].iloc[0])
+    logger.info("zero-shot top-1 %.4f over %d test images", metrics["top1"], metrics["n_images"])
+    return metrics, per_class, predictions
+
+
+def zero_shot_logits(test_embeddings: pd.DataFrame, classifier: pd.DataFrame) -> np.ndarray:
+    scale = float(classifier["logit_scale"].iloc[0])
+    return scale * embeddings_matrix(test_embeddings) @ embeddings_matrix(classifier).T

@@ -1,0 +1,104 @@
+"""Zero-shot nodes and pipeline on the tiny random model and generated images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.models import TINY_MODEL
+from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset
+from clip_lora_pipeline.pipelines.data.nodes import download, split, validate
+from clip_lora_pipeline.pipelines.zero_shot import nodes
+from clip_lora_pipeline.pipelines.zero_shot.pipeline import for_dataset
+
+MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
+RUNTIME = {"device": "cpu", "precision": "auto", "batch_size": 8, "num_workers": 0}
+SPLIT = {"seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+         "val_fraction_of_train": 0.2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    dataset = {"source": "synthetic", "root": str(root),
+               "options": {"num_classes": 5, "images_per_class": 8, "image_size": 40}}
+    manifest = download(dataset, {})
+    images, _ = validate(manifest, dataset, {})
+    train, val, test = split(images, SPLIT)
+    return dataset, manifest, train, val, test
+
+
+def test_zero_shot_logits_equal_direct_open_clip(data):
+    dataset, manifest, train, val, test = data
+    _, _, test_emb = nodes.encode_splits(train, val, test, dataset, MODEL, RUNTIME)
+    classifier = nodes.text_classifier(manifest, dataset, "simple", MODEL, RUNTIME)
+    logits = nodes.zero_shot_logits(test_emb, classifier)
+
+    loaded = nodes._loaded(MODEL, RUNTIME)
+    model, root = loaded.model, dataset["root"]
+    classes = classifier["class_name"].tolist()
+    with torch.inference_mode():
+        images = torch.stack([loaded.preprocess(load_rgb(f"{root}/{p}")) for p in test["path"]])
+        image_features = F.normalize(model.encode_image(images), dim=-1)
+        text = F.normalize(model.encode_text(
+            loaded.tokenizer([f"a photo of a {c}." for c in classes])), dim=-1)
+        direct = (model.logit_scale.exp() * image_features @ text.T).numpy()
+    assert np.allclose(logits, direct, atol=1e-5 * np.abs(direct).max())
+    assert np.allclose(np.stack(test_emb["embedding"]), image_features.numpy(), atol=1e-5)
+
+    metrics, per_class, predictions = nodes.zero_shot(test_emb, classifier)
+    assert metrics["top1"] == pytest.approx((direct.argmax(1) == test["label"].to_numpy()).mean())
+    assert {"top1", "top5", "mean_per_class_recall", "macro_f1"} <= set(metrics)
+    assert len(per_class) == 5 and len(predictions) == len(test)
+
+
+def test_classifier_uses_class_names_in_label_order(data):
+    dataset, manifest, *_ = data
+    classifier = nodes.text_classifier(manifest, dataset, "ensemble", MODEL, RUNTIME)
+    expected = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+    assert classifier["class_name"].tolist() == expected
+    assert classifier["n_templates"].iloc[0] == 80
+
+
+def _catalog(workdir, dataset, manifest, train, val, test):
+    entries = {
+        "params:dataset_configs.shapes": MemoryDataset(dataset),
+        "params:model": MemoryDataset(MODEL),
+        "params:runtime": MemoryDataset(RUNTIME),
+        "params:prompt_sets.simple": MemoryDataset("simple"),
+    }
+    for name, frame in (("manifest", manifest), ("train", train), ("val", val), ("test", test)):
+        entries[f"shapes.{name}"] = MemoryDataset(frame)
+    for name in ("train_embeddings", "val_embeddings", "test_embeddings",
+                 "text_classifier_simple", "zero_shot_simple_per_class",
+                 "zero_shot_simple_predictions"):
+        entries[f"shapes.{name}"] = ParquetDataset(filepath=str(workdir / f"{name}.parquet"))
+    entries["shapes.zero_shot_simple_metrics"] = JSONDataset(
+        filepath=str(workdir / "metrics.json"))
+    return DataCatalog(entries)
+
+
+def test_pipeline_runs_and_rerunning_zero_shot_never_encodes_images(data, tmp_path, monkeypatch):
+    pipeline = for_dataset("shapes", ["simple"])
+    catalog = _catalog(tmp_path, *data)
+    SequentialRunner().run(pipeline, catalog)
+    first = catalog.load("shapes.zero_shot_simple_metrics")
+    assert 0.0 <= first["top1"] <= 1.0 and first["n_images"] == len(data[4])
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the image encoder ran although embeddings exist")
+
+    monkeypatch.setattr(nodes, "encode_images", no_encoding)
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_encoding)
+    (tmp_path / "metrics.json").unlink()
+    SequentialRunner().run(pipeline.only_nodes_with_tags("zero_shot"), _catalog(tmp_path, *data))
+    again = JSONDataset(filepath=str(tmp_path / "metrics.json")).load()
+    assert again == first
+    predictions = pd.read_parquet(tmp_path / "zero_shot_simple_predictions.parquet")
+    assert set(predictions.columns) >= {"path", "true_class", "predicted_class", "confidence"}
