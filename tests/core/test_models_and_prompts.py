@@ -3,6 +3,9 @@ on the tiny randomly initialised model (same code paths as a real one)."""
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import numpy as np
 import open_clip
 import pytest
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from clip_lora_pipeline.core import models
 from clip_lora_pipeline.core.embed import (
     embeddings_matrix,
     embeddings_table,
@@ -59,7 +63,23 @@ def test_missing_checkpoint_is_named(tmp_path):
         load_model(ModelSpec(TINY_MODEL, checkpoint=str(tmp_path / "nope.safetensors")))
 
 
+def test_unreachable_weights_fail_fast_with_local_path_advice(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+
+    def refused(*args, **kwargs):
+        raise ConnectionRefusedError("Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    with pytest.raises(ModelError) as error:
+        load_model(ModelSpec("ViT-B-32", pretrained="laion2b_s34b_b79k"))
+    assert "cannot reach huggingface.co" in str(error.value)
+    assert "model.checkpoint" in str(error.value)
+
+
 def test_download_that_cannot_happen_says_to_set_a_local_path(monkeypatch):
+    monkeypatch.setattr(models, "check_weights_reachable", lambda spec: None)
+
     def offline(*args, **kwargs):
         raise RuntimeError("Failed to download weights for tag 'openai'")
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -87,9 +90,49 @@ def _check_spec(spec: ModelSpec) -> None:
         )
 
 
+_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _weights_cached(cfg: dict[str, Any]) -> bool:
+    hub = cfg.get("hf_hub", "").rstrip("/")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        if any(isinstance(try_to_load_from_cache(hub, f), str) for f in _HUB_FILES):
+            return True
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / Path(urlparse(url).path).name).exists()
+
+
+def check_weights_reachable(spec: ModelSpec, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after minutes of retries, when pretrained weights are neither
+    cached nor downloadable, and say how to use a local checkpoint instead."""
+    if spec.checkpoint or not spec.pretrained:
+        return
+    cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+    if _weights_cached(cfg):
+        return
+    host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and cfg.get("hf_hub"):
+        reason = "HF_HUB_OFFLINE=1 is set"
+    else:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError as exc:
+            reason = f"cannot reach {host}: {exc}"
+    raise ModelError(
+        f"The weights {spec.name}:{spec.pretrained} are not cached and cannot be downloaded "
+        f"({reason}). On a machine with internet, run open_clip.create_model('{spec.name}', "
+        f"pretrained='{spec.pretrained}') or download the weights, copy the file here and set "
+        "model.checkpoint to its path (model.pretrained is then ignored)."
+    )
+
+
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Create the model, its preprocessing and tokenizer, in eval mode on ``device``."""
     _check_spec(spec)
+    check_weights_reachable(spec)
     device = torch.device(device)
     weights = spec.checkpoint or spec.pretrained
     if weights is None:
