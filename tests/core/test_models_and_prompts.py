@@ -20,6 +20,7 @@ from clip_lora_pipeline.core.embed import (
     encode_images,
 )
 from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.manifest import make_manifest
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.models import (
     TINY_MODEL,
@@ -205,3 +206,26 @@ def test_evaluate_metrics_and_tables():
     assert predictions["top5_classes"][2][:2] == ["b", "c"]
     small = evaluate(logits[:3, :3], labels[:3], names[:3], ["p0", "p1", "p2"])[0]
     assert "top5" not in small
+
+
+def test_num_workers_auto_is_zero_on_cpu_and_validated():
+    from clip_lora_pipeline.core.embed import resolve_num_workers
+
+    assert resolve_num_workers("auto", torch.device("cpu")) == 0
+    assert resolve_num_workers("auto", torch.device("cuda")) >= 1
+    assert resolve_num_workers(3, torch.device("cpu")) == 3
+    with pytest.raises(ValueError, match="num_workers"):
+        resolve_num_workers(-1, torch.device("cpu"))
+
+
+def test_allocator_tuning_is_idempotent():
+    assert models.tune_cpu_allocator() is models.tune_cpu_allocator()
+
+
+def test_pinned_memory_only_with_cuda(tiny, tmp_path):
+    from clip_lora_pipeline.core.embed import image_loader
+
+    manifest = make_manifest(["a.png"], [0], ["a"])
+    cpu_loader = image_loader(manifest, tmp_path, tiny.preprocess, torch.device("cpu"))
+    gpu_loader = image_loader(manifest, tmp_path, tiny.preprocess, torch.device("cuda"))
+    assert not cpu_loader.pin_memory and gpu_loader.pin_memory

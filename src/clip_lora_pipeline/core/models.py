@@ -4,6 +4,7 @@ device and precision."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -51,6 +52,34 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dt
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in glibc's heap instead of returning it to the OS.
+
+    glibc serves each large activation tensor with a fresh mmap and unmaps it when
+    freed, so every batch pays page faults again; on this 2-core CPU that was ~15% of
+    ViT-B-32 encoding time. PyTorch's CPU tuning guide suggests jemalloc or tcmalloc for
+    the same reason; mallopt does it without a preload. Process-wide and idempotent;
+    a no-op where glibc is absent. Memory stays bounded by the largest batch.
+    """
+    global _allocator_tuned  # noqa: PLW0603
+    if _allocator_tuned:
+        return True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    _allocator_tuned = bool(
+        libc.mallopt(m_mmap_max, 0)
+        and libc.mallopt(m_trim_threshold, 1 << 30)
+        and libc.mallopt(m_top_pad, 64 << 20)
+    )
+    return _allocator_tuned
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

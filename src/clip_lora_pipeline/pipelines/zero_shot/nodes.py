@@ -56,7 +56,7 @@ def encode_splits(
         embeddings = encode_images(
             loaded.model, manifest, Path(dataset["root"]), loaded.preprocess, loaded.device,
             dtype=dtype, batch_size=runtime.get("batch_size", 64),
-            num_workers=runtime.get("num_workers", 2), desc=f"Encoding {name}",
+            num_workers=runtime.get("num_workers", "auto"), desc=f"Encoding {name}",
         )
         tables.append(embeddings_table(manifest, embeddings))
     return tables[0], tables[1], tables[2]

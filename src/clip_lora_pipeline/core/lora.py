@@ -1,0 +1,231 @@
+"""LoRA on open_clip: unfused attention, peft targets by name, and BitFit selection.
+
+peft on open_clip's fused ``nn.MultiheadAttention`` puts one rank-r pair on the packed
+q/k/v projection, cannot target q, k and v separately, and never applies
+``lora_dropout`` there. ``unfuse_attention`` swaps each attention module for a
+numerically equivalent one with separate q/k/v/out ``nn.Linear`` layers, which peft
+then targets by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENCODERS = ("vision", "text", "both")
+MATRICES = ("q", "k", "v", "o", "mlp")
+_TOWER_PREFIX = {"vision": "visual.transformer.resblocks", "text": "transformer.resblocks"}
+_MATRIX_MODULES = {
+    "q": ["attn.q_proj"], "k": ["attn.k_proj"], "v": ["attn.v_proj"], "o": ["attn.out_proj"],
+    "mlp": ["mlp.c_fc", "mlp.c_proj"],
+}
+
+
+class LoraSettingsError(ValueError):
+    """LoRA parameters that cannot be applied."""
+
+
+class UnfusedMultiheadAttention(nn.Module):
+    """Self-attention with separate q/k/v/out projections and SDPA.
+
+    Same call signature and result as ``nn.MultiheadAttention(batch_first=True)`` for
+    the way open_clip calls it (self-attention, ``need_weights=False``, optional
+    additive or boolean ``attn_mask``).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True):
+        super().__init__()
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.batch_first = True
+
+    @classmethod
+    def from_fused(cls, fused: nn.MultiheadAttention) -> UnfusedMultiheadAttention:
+        if not fused.batch_first or not fused._qkv_same_embed_dim:
+            raise LoraSettingsError(
+                "only batch-first self-attention with equal q/k/v sizes can be unfused "
+                "(open_clip 3.3's towers); this module has "
+                f"batch_first={fused.batch_first}."
+            )
+        bias = fused.in_proj_bias is not None
+        module = cls(fused.embed_dim, fused.num_heads, bias=bias)
+        module.to(device=fused.in_proj_weight.device, dtype=fused.in_proj_weight.dtype)
+        with torch.no_grad():
+            for index, proj in enumerate((module.q_proj, module.k_proj, module.v_proj)):
+                rows = slice(index * fused.embed_dim, (index + 1) * fused.embed_dim)
+                proj.weight.copy_(fused.in_proj_weight[rows])
+                if bias:
+                    proj.bias.copy_(fused.in_proj_bias[rows])
+            module.out_proj.weight.copy_(fused.out_proj.weight)
+            if bias:
+                module.out_proj.bias.copy_(fused.out_proj.bias)
+        return module
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query, key=None, value=None, need_weights: bool = False,
+                attn_mask: torch.Tensor | None = None, **_: Any):
+        batch, length, _ = query.shape
+        q = self._heads(self.q_proj(query))
+        k = self._heads(self.k_proj(query if key is None else key))
+        v = self._heads(self.v_proj(query if value is None else value))
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            # nn.MultiheadAttention: True = masked out; SDPA: True = attend.
+            attn_mask = ~attn_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(batch, length, self.embed_dim)
+        return self.out_proj(out), None
+
+
+def unfuse_attention(model: nn.Module) -> int:
+    """Replace every ``nn.MultiheadAttention`` in ``model`` in place; returns the count."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(module, child_name, UnfusedMultiheadAttention.from_fused(child))
+                replaced += 1
+    return replaced
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Where and how LoRA goes. Defaults reproduce CLIP-LoRA (Zanella & Ben Ayed, 2024)."""
+
+    encoders: str = "both"
+    blocks: tuple[int, int] | None = None  # [first, last) block indices; None = all
+    matrices: tuple[str, ...] = ("q", "k", "v")
+    r: int = 2
+    alpha: float = 1.0
+    rslora: bool = True  # scaling alpha / sqrt(r) instead of alpha / r
+    dropout: float = 0.25
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> LoraSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise LoraSettingsError(f"lora parameters {unknown} are unknown; known: {sorted(known)}.")
+        values = dict(params)
+        if values.get("blocks") is not None:
+            values["blocks"] = tuple(values["blocks"])
+        if "matrices" in values:
+            values["matrices"] = tuple(values["matrices"])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.encoders not in ENCODERS:
+            raise LoraSettingsError(f"lora.encoders must be one of {ENCODERS}, got {self.encoders!r}.")
+        bad = sorted(set(self.matrices) - set(MATRICES))
+        if bad or not self.matrices:
+            raise LoraSettingsError(f"lora.matrices must be a non-empty subset of {MATRICES}; bad: {bad}.")
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise LoraSettingsError("lora needs r >= 1, alpha > 0 and 0 <= dropout < 1.")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (self.r ** 0.5 if self.rslora else self.r)
+
+
+def _block_count(model: nn.Module, prefix: str) -> int:
+    module = model.get_submodule(prefix)
+    return len(module)
+
+
+def target_module_names(model: nn.Module, settings: LoraSettings) -> list[str]:
+    """Fully qualified names of the linear layers LoRA adapts."""
+    settings.validate()
+    towers = ["vision", "text"] if settings.encoders == "both" else [settings.encoders]
+    names = []
+    for tower in towers:
+        prefix = _TOWER_PREFIX[tower]
+        count = _block_count(model, prefix)
+        first, last = settings.blocks or (0, count)
+        if not 0 <= first < last <= count:
+            raise LoraSettingsError(
+                f"lora.blocks {settings.blocks} is outside the {tower} tower's 0..{count} blocks."
+            )
+        for block in range(first, last):
+            for matrix in settings.matrices:
+                names += [f"{prefix}.{block}.{m}" for m in _MATRIX_MODULES[matrix]]
+    missing = [n for n in names if not isinstance(_get(model, n), nn.Linear)]
+    if missing:
+        raise LoraSettingsError(
+            f"{missing[:3]} are not nn.Linear layers; call unfuse_attention(model) first."
+        )
+    return names
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def peft_config(model: nn.Module, settings: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        use_rslora=settings.rslora,
+        # A string is matched with re.fullmatch against each module's qualified name.
+        target_modules="|".join(re.escape(n) for n in target_module_names(model, settings)),
+        bias="none",
+    )
+
+
+@dataclass(frozen=True)
+class BitFitSettings:
+    """Train biases only (optionally LayerNorm weights too), in the chosen encoders."""
+
+    encoders: str = "both"
+    layernorm: bool = False
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+
+def bitfit_parameters(model: nn.Module, settings: BitFitSettings) -> list[str]:
+    """Names of the parameters BitFit trains; everything else is frozen by the caller."""
+    if settings.encoders not in ENCODERS:
+        raise LoraSettingsError(f"bitfit.encoders must be one of {ENCODERS}.")
+    prefixes = {"vision": ("visual.",), "text": ("transformer.", "ln_final.", "token_embedding.")}
+    towers = ["vision", "text"] if settings.encoders == "both" else [settings.encoders]
+    allowed = tuple(p for t in towers for p in prefixes[t])
+    layernorms = {
+        f"{name}.{p}" if name else p
+        for name, module in model.named_modules() if isinstance(module, nn.LayerNorm)
+        for p, _ in module.named_parameters(recurse=False)
+    }
+    chosen = []
+    for name, _ in model.named_parameters():
+        if not name.startswith(allowed):
+            continue
+        if name.endswith(".bias") or (settings.layernorm and name in layernorms):
+            chosen.append(name)
+    return chosen
+
+
+def freeze_all_but(model: nn.Module, trainable: Iterable[str]) -> int:
+    """Set requires_grad on exactly ``trainable``; returns the trainable element count."""
+    keep = set(trainable)
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in keep)
+        count += param.numel() if name in keep else 0
+    return count

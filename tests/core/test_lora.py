@@ -1,0 +1,139 @@
+"""Unfused attention equals open_clip's fused attention; LoRA starts as the identity;
+merged weights equal the adapted model; BitFit selects biases only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from clip_lora_pipeline.core.lora import (
+    BitFitSettings,
+    LoraSettings,
+    LoraSettingsError,
+    UnfusedMultiheadAttention,
+    bitfit_parameters,
+    freeze_all_but,
+    peft_config,
+    target_module_names,
+    unfuse_attention,
+)
+from clip_lora_pipeline.core.model_id import ModelSpec
+from clip_lora_pipeline.core.models import TINY_MODEL, load_model
+
+
+def _fresh():
+    torch.manual_seed(0)
+    loaded = load_model(ModelSpec(TINY_MODEL))
+    return loaded.model, loaded.tokenizer
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    _, tokenizer = _fresh()
+    torch.manual_seed(1)
+    return torch.randn(4, 3, 32, 32), tokenizer(["a photo of a red circle.", "a dog", "x y z"])
+
+
+def _outputs(model, images, tokens):
+    model.eval()
+    with torch.no_grad():
+        return model.encode_image(images), model.encode_text(tokens)
+
+
+def test_unfused_attention_equals_fused_in_both_towers(inputs):
+    images, tokens = inputs
+    model, _ = _fresh()
+    before = _outputs(model, images, tokens)
+    assert unfuse_attention(model) == 4  # 2 vision + 2 text blocks
+    assert not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    after = _outputs(model, images, tokens)
+    assert torch.allclose(before[0], after[0], atol=1e-5)
+    assert torch.allclose(before[1], after[1], atol=1e-5)
+
+
+def test_unfused_module_matches_with_boolean_and_float_masks():
+    torch.manual_seed(0)
+    fused = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    unfused = UnfusedMultiheadAttention.from_fused(fused)
+    x = torch.randn(2, 5, 16)
+    causal = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1)
+    additive = torch.zeros(5, 5).masked_fill(causal, float("-inf"))
+    for mask in (None, causal, additive):
+        expected = fused(x, x, x, need_weights=False, attn_mask=mask)[0]
+        assert torch.allclose(unfused(x, x, x, attn_mask=mask)[0], expected, atol=1e-6)
+
+
+def test_targets_follow_encoders_blocks_and_matrices():
+    model, _ = _fresh()
+    unfuse_attention(model)
+    names = target_module_names(model, LoraSettings())
+    assert len(names) == 2 * 2 * 3
+    assert "visual.transformer.resblocks.0.attn.q_proj" in names
+    assert "transformer.resblocks.1.attn.v_proj" in names
+    text_only = target_module_names(
+        model, LoraSettings(encoders="text", blocks=(1, 2), matrices=("o", "mlp")))
+    assert text_only == ["transformer.resblocks.1.attn.out_proj",
+                         "transformer.resblocks.1.mlp.c_fc", "transformer.resblocks.1.mlp.c_proj"]
+    with pytest.raises(LoraSettingsError, match="outside"):
+        target_module_names(model, LoraSettings(blocks=(0, 5)))
+    with pytest.raises(LoraSettingsError, match="matrices"):
+        LoraSettings.from_params({"matrices": ["q", "z"]})
+    with pytest.raises(LoraSettingsError, match="unfuse_attention"):
+        target_module_names(_fresh()[0], LoraSettings())
+
+
+def test_defaults_reproduce_clip_lora():
+    settings = LoraSettings()
+    assert (settings.r, settings.alpha, settings.dropout) == (2, 1.0, 0.25)
+    assert settings.scaling == pytest.approx(1 / 2 ** 0.5)
+    assert settings.matrices == ("q", "k", "v") and settings.encoders == "both"
+
+
+def test_untrained_lora_gives_base_outputs_and_merge_is_exact(inputs):
+    images, tokens = inputs
+    model, _ = _fresh()
+    base = _outputs(model, images, tokens)
+    unfuse_attention(model)
+    peft_model = get_peft_model(model, peft_config(model, LoraSettings()))
+    lora_layers = [n for n, _ in peft_model.named_modules() if n.endswith("q_proj.lora_A")]
+    assert len(lora_layers) == 4
+    zero = _outputs(peft_model.base_model.model, images, tokens)
+    assert torch.allclose(zero[0], base[0], atol=1e-5)
+    assert torch.allclose(zero[1], base[1], atol=1e-5)
+
+    with torch.no_grad():  # stand-in for training: make the adapters non-zero
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    adapted = _outputs(peft_model.base_model.model, images, tokens)
+    assert not torch.allclose(adapted[0], base[0], atol=1e-3)
+    merged = peft_model.merge_and_unload()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    exported = _outputs(merged, images, tokens)
+    assert torch.allclose(exported[0], adapted[0], atol=1e-5)
+    assert torch.allclose(exported[1], adapted[1], atol=1e-5)
+
+
+def test_dropout_is_applied_on_unfused_targets():
+    model, _ = _fresh()
+    unfuse_attention(model)
+    peft_model = get_peft_model(model, peft_config(model, LoraSettings(dropout=0.25)))
+    layer = peft_model.base_model.model.visual.transformer.resblocks[0].attn.q_proj
+    assert isinstance(layer.lora_dropout["default"], nn.Dropout)
+    assert layer.lora_dropout["default"].p == 0.25
+
+
+def test_bitfit_selects_biases_and_optionally_layernorm():
+    model, _ = _fresh()
+    names = bitfit_parameters(model, BitFitSettings())
+    assert names and all(n.endswith(".bias") for n in names)
+    assert any(n.startswith("visual.") for n in names) and any(n.startswith("transformer.") for n in names)
+    with_ln = bitfit_parameters(model, BitFitSettings(encoders="vision", layernorm=True))
+    assert "visual.ln_post.weight" in with_ln
+    assert not any(n.startswith("transformer.") for n in with_ln)
+    count = freeze_all_but(model, names)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(trainable) == sorted(names)
+    assert count == sum(p.numel() for p in model.parameters() if p.requires_grad)
