@@ -13,6 +13,7 @@ run. Prints a Markdown block to paste into benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import sys
 import time
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from clip_lora_pipeline.core.embed import encode_images
 from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.lora import unfuse_attention
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import load_model
 from clip_lora_pipeline.core.prompts import build_text_classifier, templates_for
@@ -115,17 +117,21 @@ def main() -> None:
     manifest = manifest.groupby("label").head(-(-args.n // manifest["label"].nunique()))
     manifest = manifest.head(args.n).reset_index(drop=True)
     paths = [args.images / p for p in manifest["path"]]
-    loaded = load_model(ModelSpec(args.model))
-    model, preprocess = loaded.model, loaded.preprocess
+    # The naive loop uses open_clip's model as created (fused attention), as a notebook
+    # would; the pipeline uses the same weights as load_model() prepares them.
+    loaded = load_model(ModelSpec(args.model), unfused_attention=False)
+    fused, preprocess = loaded.model, loaded.preprocess
+    model = copy.deepcopy(fused)
+    unfuse_attention(model)
 
     peak = matmul_peak_gflops()
-    flops = flops_per_image(model, preprocess, load_rgb(paths[0]))
+    flops = flops_per_image(fused, preprocess, load_rgb(paths[0]))
     # The naive loop runs first, as a notebook would: before the pipeline tunes the
     # allocator (core.models.tune_cpu_allocator). It is measured again afterwards.
-    naive = naive_rate(model, preprocess, paths)
+    naive = naive_rate(fused, preprocess, paths)
     batched = pipeline_rate(model, preprocess, manifest, args.images, args.batch_size,
                             args.num_workers)
-    naive_tuned = naive_rate(model, preprocess, paths)
+    naive_tuned = naive_rate(fused, preprocess, paths)
     peak_after = matmul_peak_gflops()
     shaped = model_shaped_matmul_gflops(model, args.batch_size)
 

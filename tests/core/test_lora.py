@@ -15,6 +15,7 @@ from clip_lora_pipeline.core.lora import (
     UnfusedMultiheadAttention,
     bitfit_parameters,
     freeze_all_but,
+    open_clip_state_dict,
     peft_config,
     target_module_names,
     unfuse_attention,
@@ -25,7 +26,7 @@ from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 
 def _fresh():
     torch.manual_seed(0)
-    loaded = load_model(ModelSpec(TINY_MODEL))
+    loaded = load_model(ModelSpec(TINY_MODEL), unfused_attention=False)
     return loaded.model, loaded.tokenizer
 
 
@@ -42,6 +43,12 @@ def _outputs(model, images, tokens):
         return model.encode_image(images), model.encode_text(tokens)
 
 
+def test_load_model_unfuses_by_default():
+    loaded = load_model(ModelSpec(TINY_MODEL))
+    assert not any(isinstance(m, nn.MultiheadAttention) for m in loaded.model.modules())
+    assert sum(isinstance(m, UnfusedMultiheadAttention) for m in loaded.model.modules()) == 4
+
+
 def test_unfused_attention_equals_fused_in_both_towers(inputs):
     images, tokens = inputs
     model, _ = _fresh()
@@ -51,6 +58,25 @@ def test_unfused_attention_equals_fused_in_both_towers(inputs):
     after = _outputs(model, images, tokens)
     assert torch.allclose(before[0], after[0], atol=1e-5)
     assert torch.allclose(before[1], after[1], atol=1e-5)
+
+
+def test_fusing_back_restores_open_clip_layout(inputs):
+    images, tokens = inputs
+    model, _ = _fresh()
+    original_keys = set(model.state_dict())
+    before = _outputs(model, images, tokens)
+    unfuse_attention(model)
+    plain = open_clip_state_dict(model)
+    assert set(plain) == original_keys
+    assert any(isinstance(m, UnfusedMultiheadAttention) for m in model.modules())
+    fresh, _ = _fresh()
+    with torch.no_grad():
+        for param in fresh.parameters():
+            param.zero_()
+    fresh.load_state_dict(plain)
+    after = _outputs(fresh, images, tokens)
+    assert torch.allclose(before[0], after[0], atol=1e-6)
+    assert torch.allclose(before[1], after[1], atol=1e-6)
 
 
 def test_unfused_module_matches_with_boolean_and_float_masks():

@@ -20,6 +20,7 @@ from clip_lora_pipeline.core.embed import (
     encode_images,
 )
 from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.lora import open_clip_state_dict
 from clip_lora_pipeline.core.manifest import make_manifest
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.models import (
@@ -91,7 +92,7 @@ def test_download_that_cannot_happen_says_to_set_a_local_path(monkeypatch):
 
 def test_local_checkpoint_gives_identical_outputs(tiny, tmp_path):
     path = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(path))
+    save_file(open_clip_state_dict(tiny.model), str(path))
     loaded = load_model(ModelSpec(TINY_MODEL, checkpoint=str(path)))
     images = torch.randn(3, 3, 32, 32)
     tokens = tiny.tokenizer(["a photo of a red circle.", "a dog"])

@@ -9,6 +9,7 @@ then targets by name.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -71,6 +72,21 @@ class UnfusedMultiheadAttention(nn.Module):
                 module.out_proj.bias.copy_(fused.out_proj.bias)
         return module
 
+    def to_fused(self) -> nn.MultiheadAttention:
+        """The equivalent ``nn.MultiheadAttention``, for plain open_clip state dicts."""
+        bias = self.q_proj.bias is not None
+        fused = nn.MultiheadAttention(self.embed_dim, self.num_heads, bias=bias, batch_first=True)
+        fused.to(device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
+        with torch.no_grad():
+            fused.in_proj_weight.copy_(torch.cat(
+                [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
+            fused.out_proj.weight.copy_(self.out_proj.weight)
+            if bias:
+                fused.in_proj_bias.copy_(torch.cat(
+                    [self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
+                fused.out_proj.bias.copy_(self.out_proj.bias)
+        return fused
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -89,15 +105,31 @@ class UnfusedMultiheadAttention(nn.Module):
         return self.out_proj(out), None
 
 
-def unfuse_attention(model: nn.Module) -> int:
-    """Replace every ``nn.MultiheadAttention`` in ``model`` in place; returns the count."""
+def _replace_children(model: nn.Module, kind: type, convert) -> int:
     replaced = 0
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.MultiheadAttention):
-                setattr(module, child_name, UnfusedMultiheadAttention.from_fused(child))
+            if isinstance(child, kind):
+                setattr(module, child_name, convert(child))
                 replaced += 1
     return replaced
+
+
+def unfuse_attention(model: nn.Module) -> int:
+    """Replace every ``nn.MultiheadAttention`` in ``model`` in place; returns the count."""
+    return _replace_children(model, nn.MultiheadAttention, UnfusedMultiheadAttention.from_fused)
+
+
+def fuse_attention(model: nn.Module) -> int:
+    """Undo ``unfuse_attention`` in place, so the state dict is open_clip's own layout."""
+    return _replace_children(model, UnfusedMultiheadAttention, UnfusedMultiheadAttention.to_fused)
+
+
+def open_clip_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights in plain open_clip layout (fused attention), model untouched."""
+    plain = copy.deepcopy(model)
+    fuse_attention(plain)
+    return {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
 
 
 @dataclass(frozen=True)
