@@ -6,6 +6,7 @@ from kedro.pipeline import Pipeline
 
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.pipelines.data import pipeline as data
+from clip_lora_pipeline.pipelines.linear_probe import pipeline as linear_probe
 from clip_lora_pipeline.pipelines.zero_shot import pipeline as zero_shot
 
 
@@ -21,8 +22,13 @@ def register_pipelines() -> dict[str, Pipeline]:
     zero_shot_pipeline = data_pipeline + sum(
         (zero_shot.for_dataset(n, prompt_sets) for n in names), Pipeline([])
     )
+    probe_pipeline = data_pipeline + sum(
+        (zero_shot.embeddings_for_dataset(n) + linear_probe.for_dataset(n) for n in names),
+        Pipeline([]),
+    )
     return {
-        "__default__": zero_shot_pipeline,
+        "__default__": zero_shot_pipeline + probe_pipeline,
         "data": data_pipeline,
         "zero_shot": zero_shot_pipeline,
+        "linear_probe": probe_pipeline,
     }

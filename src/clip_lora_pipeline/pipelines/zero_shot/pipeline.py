@@ -11,8 +11,8 @@ from clip_lora_pipeline.pipelines.zero_shot.nodes import (
 SHARED_PARAMETERS = {"params:model", "params:runtime"}
 
 
-def create_pipeline(prompt_sets: list[str]) -> Pipeline:
-    nodes = [
+def create_embeddings_pipeline() -> Pipeline:
+    return Pipeline([
         Node(
             encode_splits,
             ["train", "val", "test", "params:dataset", "params:model", "params:runtime"],
@@ -20,7 +20,12 @@ def create_pipeline(prompt_sets: list[str]) -> Pipeline:
             name="encode_images",
             tags=["embeddings", "gpu"],
         )
-    ]
+    ])
+
+
+def create_pipeline(prompt_sets: list[str]) -> Pipeline:
+    """Image embeddings, then a text classifier and evaluation per prompt set."""
+    nodes = list(create_embeddings_pipeline().nodes)
     for prompt_set in prompt_sets:
         nodes += [
             Node(
@@ -43,9 +48,9 @@ def create_pipeline(prompt_sets: list[str]) -> Pipeline:
     return Pipeline(nodes)
 
 
-def for_dataset(name: str, prompt_sets: list[str]) -> Pipeline:
+def _namespaced(pipeline: Pipeline, name: str, prompt_sets: list[str]) -> Pipeline:
     return Pipeline(
-        create_pipeline(prompt_sets),
+        pipeline,
         namespace=name,
         parameters={
             "params:dataset": f"params:dataset_configs.{name}",
@@ -53,3 +58,11 @@ def for_dataset(name: str, prompt_sets: list[str]) -> Pipeline:
             **{f"params:prompt_sets.{s}": f"params:prompt_sets.{s}" for s in prompt_sets},
         },
     )
+
+
+def for_dataset(name: str, prompt_sets: list[str]) -> Pipeline:
+    return _namespaced(create_pipeline(prompt_sets), name, prompt_sets)
+
+
+def embeddings_for_dataset(name: str) -> Pipeline:
+    return _namespaced(create_embeddings_pipeline(), name, [])

@@ -1,0 +1,1 @@
+"""Linear probe on the cached image embeddings."""
