@@ -66,6 +66,19 @@ def test_smoke_run_evaluates_every_prompt_set_zero_shot(project):
 
 
 @pytest.mark.slow
+def test_smoke_run_trains_and_evaluates_every_method(project):
+    out = project / "data/07_model_output/synthetic/clip-lora-tiny__random/shots_8_seed_1"
+    models = project / "data/06_models/synthetic/clip-lora-tiny__random/shots_8_seed_1"
+    for method in ("linear_probe", "lora", "bitfit"):
+        metrics = json.loads((out / method / "metrics.json").read_text())
+        assert metrics["n_images"] == 36 and metrics["trainable_parameters"] > 0
+    for method in ("lora", "bitfit"):
+        assert (models / method / "adapter.safetensors").exists()
+        assert (models / method / "merged_open_clip.safetensors").exists()
+        assert len(pd.read_parquet(out / method / "history.parquet")) == 30
+
+
+@pytest.mark.slow
 def test_one_node_reruns_alone(project):
     before = _mtimes(project)
     _kedro(project, "run", "--env", "smoke", "--nodes", "synthetic.split")

@@ -7,11 +7,12 @@ These types write to a hidden sibling and rename it into place when it is comple
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kedro.io.core import get_filepath_str
+from kedro.io.core import AbstractDataset, get_filepath_str
 from kedro_datasets.json import JSONDataset as _JSONDataset
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 
@@ -46,3 +47,42 @@ class ParquetDataset(AtomicSaveMixin, _ParquetDataset):
 
 class JSONDataset(AtomicSaveMixin, _JSONDataset):
     """``json.JSONDataset`` with atomic local writes."""
+
+
+class SafetensorsDataset(AbstractDataset):
+    """Tensors plus a JSON config in one ``.safetensors`` file, written atomically.
+
+    Data is ``{"tensors": {name: Tensor}, "config": {...}}``. Loading never unpickles
+    anything: safetensors holds raw tensors and a string header.
+    """
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(self._filepath), framework="pt") as handle:
+            header = handle.metadata() or {}
+        return {"tensors": load_file(str(self._filepath)),
+                "config": json.loads(header.get("config", "{}"))}
+
+    def save(self, data: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        staging = self._filepath.with_name(f".{self._filepath.name}.partial-{os.getpid()}")
+        try:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in data["tensors"].items()}
+            save_file(tensors, str(staging), metadata={"config": json.dumps(data.get("config", {}))})
+            os.replace(staging, self._filepath)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -7,6 +7,7 @@ from kedro.pipeline import Pipeline
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.pipelines.data import pipeline as data
 from clip_lora_pipeline.pipelines.linear_probe import pipeline as linear_probe
+from clip_lora_pipeline.pipelines.lora import pipeline as lora
 from clip_lora_pipeline.pipelines.zero_shot import pipeline as zero_shot
 
 
@@ -18,6 +19,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     """
     names = project_config.dataset_names()
     prompt_sets = project_config.prompt_set_names()
+    methods = project_config.adaptation_method_names()
     data_pipeline = sum((data.for_dataset(n) for n in names), Pipeline([]))
     zero_shot_pipeline = data_pipeline + sum(
         (zero_shot.for_dataset(n, prompt_sets) for n in names), Pipeline([])
@@ -26,8 +28,12 @@ def register_pipelines() -> dict[str, Pipeline]:
         (zero_shot.embeddings_for_dataset(n) + linear_probe.for_dataset(n) for n in names),
         Pipeline([]),
     )
+    lora_pipeline = data_pipeline + sum(
+        (lora.for_dataset(n, methods) for n in names), Pipeline([])
+    )
     return {
-        "__default__": zero_shot_pipeline + probe_pipeline,
+        "__default__": zero_shot_pipeline + probe_pipeline + lora_pipeline,
+        "lora": lora_pipeline,
         "data": data_pipeline,
         "zero_shot": zero_shot_pipeline,
         "linear_probe": probe_pipeline,

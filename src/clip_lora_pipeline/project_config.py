@@ -58,3 +58,10 @@ def prompt_set_names() -> list[str]:
             f"of templates; got {prompt_sets!r}."
         )
     return list(prompt_sets)
+
+
+def adaptation_method_names() -> list[str]:
+    methods = parameters().get("adaptation_methods") or {}
+    if not isinstance(methods, dict):
+        raise ValueError(f"parameter 'adaptation_methods' must map a name to settings; got {methods!r}.")
+    return list(methods)

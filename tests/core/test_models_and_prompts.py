@@ -112,6 +112,13 @@ def test_slug_changes_with_the_checkpoint_contents(tmp_path):
     assert model_slug(ModelSpec("ViT-B-32", "laion2b_s34b_b79k")) == "ViT-B-32__laion2b_s34b_b79k"
 
 
+def test_random_weights_are_the_same_in_every_load():
+    first = load_model(ModelSpec(TINY_MODEL)).model.state_dict()
+    torch.manual_seed(12345)  # the caller's RNG state must not matter
+    second = load_model(ModelSpec(TINY_MODEL)).model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_device_and_precision_on_cpu():
     device = resolve_device("auto")
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_MODEL = "clip-lora-tiny"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RANDOM_WEIGHTS_SEED = 0
 
 
 def register_model_configs() -> None:
@@ -176,9 +177,13 @@ def load_model(
     if weights is None:
         logger.warning("model %s has random weights (pretrained and checkpoint are null)", spec.name)
     try:
-        model, train_preprocess, preprocess = open_clip.create_model_and_transforms(
-            spec.name, pretrained=weights, device=device
-        )
+        # Random weights are drawn from a fixed seed: every node, process and re-run
+        # must see the same model, or embeddings and adapters would not fit together.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model, train_preprocess, preprocess = open_clip.create_model_and_transforms(
+                spec.name, pretrained=weights, device=device
+            )
     except (RuntimeError, OSError, ConnectionError) as exc:
         if spec.checkpoint:
             raise ModelError(f"Could not load checkpoint {spec.checkpoint} into {spec.name}: {exc}") from exc

@@ -1,0 +1,134 @@
+"""Thin wrappers over ``core.train``: train an adapter, evaluate it, export it merged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from clip_lora_pipeline.core.lora import (
+    BitFitSettings,
+    LoraSettings,
+    open_clip_state_dict,
+)
+from clip_lora_pipeline.core.manifest import class_table
+from clip_lora_pipeline.core.metrics import evaluate
+from clip_lora_pipeline.core.model_id import ModelSpec, model_slug
+from clip_lora_pipeline.core.models import (
+    LoadedModel,
+    load_model,
+    resolve_device,
+    resolve_precision,
+)
+from clip_lora_pipeline.core.train import Trainer, TrainSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _split_method(method: dict[str, Any]):
+    values = dict(method)
+    lora = LoraSettings.from_params(values.pop("lora", None) or {})
+    bitfit = BitFitSettings(**(values.pop("bitfit", None) or {}))
+    return TrainSettings.from_params(values), lora, bitfit
+
+
+def _trainer(model_params, runtime, class_names, method) -> tuple[Trainer, LoadedModel]:
+    # A fresh model every time: training changes it in place.
+    device = resolve_device(runtime.get("device", "auto"))
+    loaded = load_model(ModelSpec.from_params(model_params), device)
+    settings, lora, bitfit = _split_method(method)
+    cfg = loaded.model.visual.preprocess_cfg
+    trainer = Trainer(
+        loaded.model, loaded.tokenizer, class_names, settings, device,
+        resolve_precision(device, runtime.get("precision", "auto")),
+        lora=lora, bitfit=bitfit, image_size=cfg["size"][0], mean=cfg["mean"], std=cfg["std"],
+    )
+    return trainer, loaded
+
+
+def _paths(frame: pd.DataFrame, dataset: dict[str, Any]) -> list[str]:
+    return [str(Path(dataset["root"]) / p) for p in frame["path"]]
+
+
+def train_adapter(
+    train: pd.DataFrame, val: pd.DataFrame, manifest: pd.DataFrame, dataset: dict[str, Any],
+    model_params: dict[str, Any], runtime: dict[str, Any], shots: int | None,
+    method: dict[str, Any], checkpoint_root: str,
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Train; returns the adapter (trainable tensors + config), history and a summary.
+
+    Checkpoints go under ``checkpoint_root`` in a folder named by everything the result
+    depends on, so an interrupted run resumes and a changed one starts afresh.
+    """
+    classes = class_table(manifest)
+    trainer, loaded = _trainer(model_params, runtime, classes, method)
+    identity = json.dumps({
+        "model": model_slug(loaded.spec), "method": method, "root": dataset["root"],
+        "train": sorted(train["path"]), "val": sorted(val["path"]),
+    }, sort_keys=True, default=str)
+    folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
+    steps = trainer.settings.total_steps(shots)
+    result = trainer.fit(
+        _paths(train, dataset), train["label"].tolist(), _paths(val, dataset),
+        val["label"].to_numpy(), loaded.preprocess, steps, checkpoint_dir=folder,
+    )
+    summary = {
+        "method": trainer.settings.method, "shots": shots, "steps": result.steps_done,
+        "trainable_parameters": result.trainable_parameters,
+        "training_seconds": result.wall_seconds, "peak_memory_mb": result.peak_memory_mb,
+        "peak_memory_kind": "cuda max allocated" if trainer.device.type == "cuda"
+        else "process peak RSS",
+        "best_step": result.best_step, "best_val_accuracy": result.best_val_accuracy,
+        "stopped_early": result.stopped_early, "checkpoint": str(folder),
+    }
+    logger.info("%s: %d trainable parameters, best val accuracy %.4f at step %d",
+                trainer.settings.method, result.trainable_parameters,
+                result.best_val_accuracy, result.best_step)
+    adapter = {"tensors": trainer.adapter_state(),
+               "config": {"method": method, "model": model_params, "classes": classes}}
+    return adapter, result.history, summary
+
+
+def _restored(adapter, model_params, runtime) -> tuple[Trainer, LoadedModel]:
+    config = adapter["config"]
+    if config["model"] != model_params:
+        raise ValueError(
+            f"the adapter was trained on {config['model']}, but the model parameters now "
+            f"name {model_params}; re-run training for this model."
+        )
+    trainer, loaded = _trainer(model_params, runtime, config["classes"], config["method"])
+    with torch.no_grad():
+        for name, param in trainer.params.items():
+            param.copy_(adapter["tensors"][name])
+    return trainer, loaded
+
+
+def evaluate_adapter(
+    test: pd.DataFrame, adapter: dict[str, Any], summary: dict[str, Any],
+    dataset: dict[str, Any], model_params: dict[str, Any], runtime: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """The trained model's metrics and tables on the full test split."""
+    trainer, loaded = _restored(adapter, model_params, runtime)
+    logits = trainer.predict(_paths(test, dataset), loaded.preprocess)
+    metrics, per_class, predictions = evaluate(
+        logits, test["label"].to_numpy(), adapter["config"]["classes"], test["path"].tolist()
+    )
+    metrics.update({k: summary[k] for k in (
+        "method", "shots", "trainable_parameters", "training_seconds", "peak_memory_mb")})
+    return metrics, per_class, predictions
+
+
+def export_merged(
+    adapter: dict[str, Any], model_params: dict[str, Any], runtime: dict[str, Any]
+) -> dict[str, Any]:
+    """Plain open_clip weights with the adapter merged in; load them with
+    ``open_clip.create_model(name, pretrained=<this file>)``."""
+    trainer, _ = _restored(adapter, model_params, runtime)
+    merged = trainer.merged_clip()
+    config = {"model": model_params["name"], "adapter": adapter["config"]["method"]}
+    return {"tensors": open_clip_state_dict(merged), "config": config}

@@ -1,0 +1,109 @@
+"""The lora pipeline (LoRA and BitFit) with SequentialRunner on generated shapes."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from clip_lora_pipeline.core.models import TINY_MODEL, register_model_configs
+from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset, SafetensorsDataset
+from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
+from clip_lora_pipeline.pipelines.lora import nodes
+from clip_lora_pipeline.pipelines.lora.pipeline import for_dataset
+
+MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
+RUNTIME = {"device": "auto", "precision": "auto", "batch_size": 16, "num_workers": "auto"}
+FAST = {"lr": 5e-3, "max_steps": 20, "batch_size": 16, "eval_every": 10,
+        "checkpoint_every": 10, "crop_scale": [0.5, 1.0]}
+METHODS = {
+    "lora": {"method": "lora", **FAST, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}},
+    "bitfit": {"method": "bitfit", **FAST, "bitfit": {"layernorm": True}},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    register_model_configs()
+    root = tmp_path_factory.mktemp("shapes")
+    dataset = {"source": "synthetic", "root": str(root),
+               "options": {"num_classes": 5, "images_per_class": 12, "image_size": 32}}
+    manifest = download(dataset, {})
+    images, _ = validate(manifest, dataset, {})
+    train_pool, val_pool, test = split(images, {
+        "seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+        "val_fraction_of_train": 0.2})
+    train, val = few_shot(train_pool, val_pool, test, 4, 2, 1)
+    return dataset, manifest, train, val, test
+
+
+def _catalog(tmp_path, data):
+    dataset, manifest, train, val, test = data
+    entries = {
+        "params:dataset_configs.shapes": MemoryDataset(dataset),
+        "params:model": MemoryDataset(MODEL),
+        "params:runtime": MemoryDataset(RUNTIME),
+        "params:shots": MemoryDataset(4),
+        "params:checkpoint_root": MemoryDataset(str(tmp_path / "checkpoints")),
+        **{f"params:adaptation_methods.{m}": MemoryDataset(v) for m, v in METHODS.items()},
+    }
+    for name, frame in (("manifest", manifest), ("train", train), ("val", val), ("test", test)):
+        entries[f"shapes.{name}"] = MemoryDataset(frame)
+    for method in METHODS:
+        out = tmp_path / method
+        prefix = f"shapes.adapted_{method}"
+        entries[f"{prefix}_adapter"] = SafetensorsDataset(str(out / "adapter.safetensors"))
+        entries[f"{prefix}_merged_model"] = SafetensorsDataset(str(out / "merged.safetensors"))
+        entries[f"{prefix}_summary"] = JSONDataset(filepath=str(out / "summary.json"))
+        entries[f"{prefix}_metrics"] = JSONDataset(filepath=str(out / "metrics.json"))
+        for table in ("history", "per_class", "predictions"):
+            entries[f"{prefix}_{table}"] = ParquetDataset(filepath=str(out / f"{table}.parquet"))
+    return DataCatalog(entries)
+
+
+def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
+    catalog = _catalog(tmp_path, data)
+    SequentialRunner().run(for_dataset("shapes", list(METHODS)), catalog)
+    for method in METHODS:
+        prefix = f"shapes.adapted_{method}"
+        metrics = catalog.load(f"{prefix}_metrics")
+        summary = catalog.load(f"{prefix}_summary")
+        assert metrics["n_images"] == len(data[4]) and metrics["method"] == method
+        assert summary["steps"] == 20 and summary["trainable_parameters"] > 0
+        assert summary["peak_memory_kind"] == "process peak RSS"
+        history = catalog.load(f"{prefix}_history")
+        assert len(history) == 20 and history["val_accuracy"].notna().sum() == 2
+        adapter = catalog.load(f"{prefix}_adapter")
+        assert adapter["config"]["method"]["method"] == method
+        assert sum(t.numel() for t in adapter["tensors"].values()) == \
+            summary["trainable_parameters"]
+    lora_names = catalog.load("shapes.adapted_lora_adapter")["tensors"]
+    assert all("lora_" in name for name in lora_names)
+    bitfit_names = catalog.load("shapes.adapted_bitfit_adapter")["tensors"]
+    assert all(n.endswith((".bias", ".weight")) and "lora" not in n for n in bitfit_names)
+
+
+def test_merged_export_loads_into_plain_open_clip_and_matches(tmp_path, data):
+    catalog = _catalog(tmp_path, data)
+    pipeline = for_dataset("shapes", ["lora"])
+    SequentialRunner().run(pipeline, catalog)
+    adapter = catalog.load("shapes.adapted_lora_adapter")
+    trainer, loaded = nodes._restored(adapter, MODEL, RUNTIME)
+    plain = open_clip.create_model(TINY_MODEL, pretrained=str(tmp_path / "lora" / "merged.safetensors"))
+    plain.eval()
+    trainer.model.eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(images),
+                                   trainer.model.clip.encode_image(images), atol=1e-5, rtol=1e-5)
+
+
+def test_evaluation_refuses_an_adapter_of_another_model(tmp_path, data):
+    catalog = _catalog(tmp_path, data)
+    SequentialRunner().run(for_dataset("shapes", ["lora"]).only_nodes("shapes.train_lora"), catalog)
+    adapter = catalog.load("shapes.adapted_lora_adapter")
+    with pytest.raises(ValueError, match="re-run training"):
+        nodes.evaluate_adapter(data[4], adapter, {}, data[0],
+                               {**MODEL, "name": "ViT-B-32"}, RUNTIME)
