@@ -17,9 +17,10 @@ def register_pipelines() -> dict[str, Pipeline]:
     Each pipeline includes the steps it depends on, so ``kedro run --pipeline zero_shot``
     works from a fresh checkout; ``--only-missing-outputs`` skips finished ones.
     """
-    names = project_config.dataset_names()
-    prompt_sets = project_config.prompt_set_names()
-    methods = project_config.adaptation_method_names()
+    params = project_config.parameters()
+    names = project_config.dataset_names(params)
+    prompt_sets = project_config.prompt_set_names(params)
+    methods = project_config.adaptation_method_names(params)
     data_pipeline = sum((data.for_dataset(n) for n in names), Pipeline([]))
     zero_shot_pipeline = data_pipeline + sum(
         (zero_shot.for_dataset(n, prompt_sets) for n in names), Pipeline([])

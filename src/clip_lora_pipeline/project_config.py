@@ -33,9 +33,8 @@ def parameters() -> dict[str, Any]:
     return loader["parameters"]
 
 
-def dataset_names() -> list[str]:
+def dataset_names(params: dict[str, Any]) -> list[str]:
     """The datasets to run, each checked against ``dataset_configs``."""
-    params = parameters()
     names = params.get("datasets") or []
     configs = params.get("dataset_configs") or {}
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
@@ -50,18 +49,16 @@ def dataset_names() -> list[str]:
     return list(names)
 
 
-def prompt_set_names() -> list[str]:
-    prompt_sets = parameters().get("prompt_sets") or {}
-    if not isinstance(prompt_sets, dict):
-        raise ValueError(
-            "parameter 'prompt_sets' must map a name to simple, ensemble, dataset or a list "
-            f"of templates; got {prompt_sets!r}."
-        )
-    return list(prompt_sets)
+def _mapping_keys(params: dict[str, Any], key: str, what: str) -> list[str]:
+    value = params.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"parameter '{key}' must map a name to {what}; got {value!r}.")
+    return list(value)
 
 
-def adaptation_method_names() -> list[str]:
-    methods = parameters().get("adaptation_methods") or {}
-    if not isinstance(methods, dict):
-        raise ValueError(f"parameter 'adaptation_methods' must map a name to settings; got {methods!r}.")
-    return list(methods)
+def prompt_set_names(params: dict[str, Any]) -> list[str]:
+    return _mapping_keys(params, "prompt_sets", "simple, ensemble, dataset or a list of templates")
+
+
+def adaptation_method_names(params: dict[str, Any]) -> list[str]:
+    return _mapping_keys(params, "adaptation_methods", "training settings")

@@ -10,6 +10,7 @@ from torch import nn
 
 from clip_lora_pipeline.core.lora import (
     BitFitSettings,
+    FastDropout,
     LoraSettings,
     LoraSettingsError,
     UnfusedMultiheadAttention,
@@ -19,6 +20,7 @@ from clip_lora_pipeline.core.lora import (
     peft_config,
     target_module_names,
     unfuse_attention,
+    use_fast_dropout,
 )
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
@@ -148,6 +150,33 @@ def test_dropout_is_applied_on_unfused_targets():
     peft_model = get_peft_model(model, peft_config(model, LoraSettings(dropout=0.25)))
     layer = peft_model.base_model.model.visual.transformer.resblocks[0].attn.q_proj
     assert isinstance(layer.lora_dropout["default"], nn.Dropout)
+    assert layer.lora_dropout["default"].p == 0.25
+
+
+def test_fast_dropout_keeps_expectation_and_rate():
+    torch.manual_seed(0)
+    dropout = FastDropout(0.25)
+    x = torch.ones(400, 1000)
+    out = dropout(x)
+    kept = (out != 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.005
+    assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 1 / 0.75))
+    assert abs(out.mean().item() - 1.0) < 0.01
+    dropout.eval()
+    assert dropout(x) is x
+    torch.manual_seed(3)
+    first = FastDropout(0.5)(x)
+    torch.manual_seed(3)
+    assert torch.equal(first, FastDropout(0.5)(x))
+
+
+def test_fast_dropout_replaces_peft_dropout():
+    model, _ = _fresh()
+    unfuse_attention(model)
+    peft_model = get_peft_model(model, peft_config(model, LoraSettings(dropout=0.25)))
+    assert use_fast_dropout(peft_model) == 12
+    layer = peft_model.base_model.model.transformer.resblocks[1].attn.k_proj
+    assert isinstance(layer.lora_dropout["default"], FastDropout)
     assert layer.lora_dropout["default"].p == 0.25
 
 

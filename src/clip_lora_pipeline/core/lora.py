@@ -209,6 +209,36 @@ def _get(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
+class FastDropout(nn.Dropout):
+    """Inverted dropout whose keep mask comes from 15-bit random integers.
+
+    torch's CPU dropout draws one float per element; for the 800 x 768 input of a LoRA
+    projection that took 9.8 ms here, more than the 768 x 768 matmul on the same input
+    (7.2 ms), and LoRA drops out the input of every q, k and v. Integers take a third of
+    the time. ``p`` is applied at 1/32768 resolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        threshold = round(self.p * 32768)
+        noise = torch.empty(x.shape, dtype=torch.int16, device=x.device).random_(0, 32768)
+        return x * (noise >= threshold).to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def use_fast_dropout(model: nn.Module) -> int:
+    """Swap peft's ``lora_dropout`` modules for ``FastDropout``; returns the count."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict):
+            for key, dropout in dropouts.items():
+                if type(dropout) is nn.Dropout:
+                    dropouts[key] = FastDropout(dropout.p)
+                    swapped += 1
+    return swapped
+
+
 def peft_config(model: nn.Module, settings: LoraSettings):
     from peft import LoraConfig
 

@@ -36,6 +36,7 @@ from clip_lora_pipeline.core.lora import (
     bitfit_parameters,
     freeze_all_but,
     peft_config,
+    use_fast_dropout,
 )
 from clip_lora_pipeline.core.models import autocast, tune_cpu_allocator
 from clip_lora_pipeline.core.prompts import encode_text_trimmed
@@ -211,12 +212,14 @@ class Trainer:
                  image_size: int = 224, mean=(0.48145466, 0.4578275, 0.40821073),
                  std=(0.26862954, 0.26130258, 0.27577711)):
         self.settings, self.device, self.dtype = settings, device, dtype
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(settings.seed)  # LoRA's initialisation and dropout draw from it
         if settings.method == "lora":
             from peft import get_peft_model
 
             self.peft_model = get_peft_model(clip, peft_config(clip, lora or LoraSettings()))
             clip = self.peft_model.base_model.model
+            if device.type == "cpu":
+                use_fast_dropout(clip)
             trainable = [n for n, p in clip.named_parameters() if "lora_" in n]
         else:
             self.peft_model = None
