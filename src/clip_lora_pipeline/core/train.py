@@ -130,7 +130,8 @@ class ClipClassifier(nn.Module):
     def __init__(self, clip: nn.Module, class_tokens: torch.Tensor, head: str):
         super().__init__()
         self.clip = clip
-        self.register_buffer("class_tokens", class_tokens, persistent=False)
+        device = next(clip.parameters()).device
+        self.register_buffer("class_tokens", class_tokens.to(device), persistent=False)
         self.head_kind = head
         # A frozen text tower gives the same class embeddings every step: compute once.
         self.text_trains = any(
@@ -234,7 +235,6 @@ class Trainer:
             raise TrainingError("nothing to train: the chosen encoders have no such parameters.")
         self.trainable_count = sum(p.numel() for p in self.params.values())
         self.transform = train_transform(image_size, mean, std, settings.crop_scale)
-        self.eval_transform = None  # set by caller for validation
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=settings.lr,
                                            weight_decay=settings.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -324,6 +324,8 @@ class Trainer:
         while step < total_steps:
             indices = batches.indices(step)
             images = _load_images(train_paths, indices, self.transform, s.seed, step)
+            if self.device.type == "cuda":
+                images = images.pin_memory()
             targets = labels[indices]
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, correct = 0.0, 0
