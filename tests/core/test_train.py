@@ -9,11 +9,14 @@ lr 5e-3 and 80 steps. The code path is the same.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from clip_lora_pipeline.core import train as train_module
 from clip_lora_pipeline.core.lora import LoraSettings
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
@@ -57,6 +60,23 @@ def _fit(trainer, loaded, shapes, **kwargs):
                        trainer.settings.max_steps, **kwargs)
 
 
+@contextlib.contextmanager
+def _interrupted_at(step: int):
+    """Ctrl-C while step ``step`` loads its batch (after the checkpoint at step 40/20)."""
+    real = train_module._load_images
+
+    def load(paths, indices, transform, seed, current):
+        if current + 1 == step:
+            raise KeyboardInterrupt
+        return real(paths, indices, transform, seed, current)
+
+    train_module._load_images = load
+    try:
+        yield
+    finally:
+        train_module._load_images = real
+
+
 def _val_accuracy(trainer, loaded, shapes) -> float:
     paths, labels = shapes["val"]
     return float((trainer.predict(paths, loaded.preprocess).argmax(1) == labels).mean())
@@ -92,8 +112,9 @@ def test_interrupted_run_resumes_to_the_same_result(shapes, tmp_path):
     expected = _fit(straight, loaded, shapes, checkpoint_dir=tmp_path / "a")
 
     first, loaded = _trainer(shapes)
-    partial = _fit(first, loaded, shapes, checkpoint_dir=tmp_path / "b", stop_after=50)
-    assert partial.steps_done == 50
+    with pytest.raises(KeyboardInterrupt), _interrupted_at(53):
+        _fit(first, loaded, shapes, checkpoint_dir=tmp_path / "b")
+    assert (tmp_path / "b" / "last").exists()
     # A new process would start from scratch: a fresh model and trainer.
     second, loaded = _trainer(shapes)
     resumed = _fit(second, loaded, shapes, checkpoint_dir=tmp_path / "b")
@@ -120,7 +141,8 @@ def test_checkpoint_holds_only_trainable_parameters(shapes, tmp_path):
 
 def test_changed_settings_refuse_to_resume(shapes, tmp_path):
     trainer, loaded = _trainer(shapes)
-    _fit(trainer, loaded, shapes, checkpoint_dir=tmp_path, stop_after=20)
+    with pytest.raises(KeyboardInterrupt), _interrupted_at(25):
+        _fit(trainer, loaded, shapes, checkpoint_dir=tmp_path)
     other, loaded = _trainer(shapes, weight_decay=0.0)
     with pytest.raises(TrainingError, match="other training settings"):
         _fit(other, loaded, shapes, checkpoint_dir=tmp_path)

@@ -292,10 +292,9 @@ class Trainer:
     # Training ----------------------------------------------------------------------
     def fit(self, train_paths: Sequence[str], train_labels: Sequence[int],
             val_paths: Sequence[str], val_labels: Sequence[int], eval_transform,
-            total_steps: int, checkpoint_dir: Path | None = None,
-            stop_after: int | None = None) -> TrainResult:
-        """Train for ``total_steps`` optimizer steps. ``stop_after`` ends the call early
-        (as an interruption would); calling again resumes from the checkpoint."""
+            total_steps: int, checkpoint_dir: Path | None = None) -> TrainResult:
+        """Train for ``total_steps`` optimizer steps. With ``checkpoint_dir``, a run that
+        was interrupted resumes from its last checkpoint there."""
         if self.device.type == "cpu":
             tune_cpu_allocator()
         s = self.settings
@@ -369,7 +368,7 @@ class Trainer:
                     "elapsed": time.perf_counter() - start, "history": history,
                 }
                 self._save_checkpoint(folder, state, best)
-            if stopped_early or (stop_after is not None and step >= stop_after):
+            if stopped_early:
                 break
         bar.close()
         with torch.no_grad():  # keep the best validated state
