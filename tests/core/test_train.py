@@ -125,6 +125,17 @@ def test_interrupted_run_resumes_to_the_same_result(shapes, tmp_path):
         torch.testing.assert_close(second.adapter_state()[name], value)
 
 
+def test_checkpoint_left_only_under_its_old_name_is_used(shapes, tmp_path):
+    trainer, loaded = _trainer(shapes, max_steps=20)
+    done = _fit(trainer, loaded, shapes, checkpoint_dir=tmp_path)
+    (tmp_path / "last").rename(tmp_path / "last.old")
+    again, loaded = _trainer(shapes, max_steps=20)
+    resumed = _fit(again, loaded, shapes, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(resumed.history["loss"], done.history["loss"])
+    for name, value in trainer.adapter_state().items():
+        torch.testing.assert_close(again.adapter_state()[name], value)
+
+
 def test_checkpoint_holds_only_trainable_parameters(shapes, tmp_path):
     trainer, loaded = _trainer(shapes, max_steps=None, iterations_per_shot=1)
     paths, labels = shapes["train"]

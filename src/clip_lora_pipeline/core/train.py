@@ -306,6 +306,11 @@ class Trainer:
         step, best_acc, best_step, bad_evals, elapsed = 0, -1.0, 0, 0, 0.0
         best = {n: p.detach().cpu().clone() for n, p in self.params.items()}
         folder = checkpoint_dir / "last" if checkpoint_dir else None
+        if folder is not None and not folder.exists():
+            # A kill between the two renames of _save_checkpoint leaves only the old one.
+            previous = folder.with_name(folder.name + ".old")
+            if previous.exists():
+                os.replace(previous, folder)
         if folder is not None and folder.exists():
             state, best = self._load_checkpoint(folder)
             self.optimizer.load_state_dict(state["optimizer"])
