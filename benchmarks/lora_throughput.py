@@ -4,7 +4,8 @@ open_clip's fused attention.
     .venv/bin/python benchmarks/lora_throughput.py
 
 Cases (ViT-B-32, random weights, LoRA r=2 alpha=1 on q/k/v of every block of both
-encoders, text head "a photo of a {}." recomputed every step, AdamW):
+encoders, text head "a photo of a {}." with Flowers102's class names (the first 10, or
+all 102) recomputed every step, AdamW):
   - batch 16 with 10 classes, batch 32 with 102 classes;
   - ours: unfused attention (separate q/k/v Linear + SDPA) and the trimmed text tower;
   - fused baseline: peft applied directly to nn.MultiheadAttention (one rank-r pair on
@@ -39,11 +40,13 @@ def run_case(kind: str, batch: int, classes: int) -> dict:
     from clip_lora_pipeline.core.lora import LoraSettings, peft_config, use_fast_dropout
     from clip_lora_pipeline.core.model_id import ModelSpec
     from clip_lora_pipeline.core.models import load_model, tune_cpu_allocator
+    from clip_lora_pipeline.core.sources.classnames import load_class_names
     from clip_lora_pipeline.core.train import LOGIT_SCALE, ClipClassifier
 
     tune_cpu_allocator()
     loaded = load_model(ModelSpec("ViT-B-32"), unfused_attention=(kind == "ours"))
-    tokens = loaded.tokenizer([f"a photo of a class number {i}." for i in range(classes)])
+    names = load_class_names("flowers102")[:classes]
+    tokens = loaded.tokenizer([f"a photo of a {name}." for name in names])
     if kind == "ours":
         peft_model = get_peft_model(loaded.model, peft_config(loaded.model, LoraSettings()))
         clip = peft_model.base_model.model

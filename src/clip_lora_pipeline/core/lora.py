@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -173,11 +173,6 @@ class LoraSettings:
         return self.alpha / (self.r ** 0.5 if self.rslora else self.r)
 
 
-def _block_count(model: nn.Module, prefix: str) -> int:
-    module = model.get_submodule(prefix)
-    return len(module)
-
-
 def target_module_names(model: nn.Module, settings: LoraSettings) -> list[str]:
     """Fully qualified names of the linear layers LoRA adapts."""
     settings.validate()
@@ -185,7 +180,7 @@ def target_module_names(model: nn.Module, settings: LoraSettings) -> list[str]:
     names = []
     for tower in towers:
         prefix = _TOWER_PREFIX[tower]
-        count = _block_count(model, prefix)
+        count = len(model.get_submodule(prefix))
         first, last = settings.blocks or (0, count)
         if not 0 <= first < last <= count:
             raise LoraSettingsError(
@@ -259,7 +254,6 @@ class BitFitSettings:
 
     encoders: str = "both"
     layernorm: bool = False
-    exclude: tuple[str, ...] = field(default_factory=tuple)
 
 
 def bitfit_parameters(model: nn.Module, settings: BitFitSettings) -> list[str]:

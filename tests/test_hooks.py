@@ -1,0 +1,34 @@
+"""The hook tells where the rejected-images table went, and hands the run's config loader
+to the pipeline registry."""
+
+from __future__ import annotations
+
+import pandas as pd
+from kedro.io import DataCatalog
+
+from clip_lora_pipeline import project_config
+from clip_lora_pipeline.datasets import ParquetDataset
+from clip_lora_pipeline.hooks import ProjectHooks
+
+
+def test_rejected_images_location_is_logged(tmp_path, caplog):
+    path = tmp_path / "rejected_images.parquet"
+    catalog = DataCatalog({"shapes.rejected_images": ParquetDataset(filepath=str(path))})
+    hooks = ProjectHooks()
+    hooks.after_catalog_created(catalog)
+    rejected = pd.DataFrame({"path": ["a.jpg"], "class_name": ["a"], "reason": ["empty"]})
+    hooks.after_dataset_saved("shapes.rejected_images", rejected, None)
+    assert f"1 rejected image(s) are listed in shapes.rejected_images ({path})" in caplog.text
+    caplog.clear()
+    hooks.after_dataset_saved("shapes.rejected_images", rejected.iloc[:0], None)
+    hooks.after_dataset_saved("shapes.images", rejected, None)
+    assert caplog.text == ""
+
+
+def test_context_config_loader_is_used_by_the_registry(monkeypatch):
+    class Context:
+        config_loader = {"parameters": {"datasets": ["x"]}}
+
+    monkeypatch.setattr(project_config, "_active_loader", None)
+    ProjectHooks().after_context_created(Context())
+    assert project_config.parameters() == {"datasets": ["x"]}
