@@ -52,20 +52,14 @@ def image_loader(
     transform: Callable,
     device: torch.device,
     batch_size: int = 64,
-    num_workers: int = 2,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-    drop_last: bool = False,
+    num_workers: int = 0,
 ) -> DataLoader:
+    """Batches in manifest order; pinned memory only when a GPU will take them."""
     return DataLoader(
         ManifestImages(manifest, root, transform),
         batch_size=batch_size,
-        shuffle=shuffle,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        generator=generator,
-        drop_last=drop_last,
     )
 
 

@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-REJECTED_COLUMNS = ["path", "class_name", "reason"]
 ON_BAD_IMAGE = ("skip", "fail")
 
 

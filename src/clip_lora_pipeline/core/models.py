@@ -95,7 +95,6 @@ def autocast(device: torch.device, dtype: torch.dtype):
 class LoadedModel:
     model: nn.Module
     preprocess: Any
-    train_preprocess: Any
     tokenizer: Any
     spec: ModelSpec
     device: torch.device
@@ -181,7 +180,7 @@ def load_model(
         # must see the same model, or embeddings and adapters would not fit together.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model, train_preprocess, preprocess = open_clip.create_model_and_transforms(
+            model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.name, pretrained=weights, device=device
             )
     except (RuntimeError, OSError, ConnectionError) as exc:
@@ -198,7 +197,6 @@ def load_model(
     return LoadedModel(
         model=model,
         preprocess=preprocess,
-        train_preprocess=train_preprocess,
         tokenizer=open_clip.get_tokenizer(spec.name),
         spec=spec,
         device=device,
