@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -40,6 +39,7 @@ from clip_lora_pipeline.core.lora import (
 )
 from clip_lora_pipeline.core.models import autocast, tune_cpu_allocator
 from clip_lora_pipeline.core.prompts import encode_text_trimmed
+from clip_lora_pipeline.core.resources import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class TrainResult:
     trainable_parameters: int
     wall_seconds: float
     peak_memory_mb: float
+    peak_memory_kind: str
     best_step: int
     best_val_accuracy: float
     stopped_early: bool
@@ -163,12 +164,6 @@ class ClipClassifier(nn.Module):
         if self.head_kind == "text":
             return text_logits, None
         return self.linear(features), text_logits if self.training else None
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -297,6 +292,7 @@ class Trainer:
         was interrupted resumes from its last checkpoint there."""
         if self.device.type == "cpu":
             tune_cpu_allocator()
+        memory = PeakMemory(self.device).start()
         s = self.settings
         labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
         val_y = np.asarray(val_labels)
@@ -383,7 +379,8 @@ class Trainer:
             history=pd.DataFrame(history),
             trainable_parameters=self.trainable_count,
             wall_seconds=time.perf_counter() - start,
-            peak_memory_mb=_peak_memory_mb(self.device),
+            peak_memory_mb=memory.peak_mb(),
+            peak_memory_kind=memory.kind,
             best_step=best_step,
             best_val_accuracy=best_acc,
             stopped_early=stopped_early,

@@ -50,10 +50,11 @@ def test_node_returns_model_metrics_and_tables():
     tables = [embeddings_table(make_manifest([f"{s}/{i:03d}.png" for i in range(len(y))], y, NAMES), x)
               for s, x, y in (("tr", train_x, train_y), ("va", val_x, val_y), ("te", test_x, test_y))]
     manifest = pd.concat(tables)[["path", "label", "class_name"]]
-    model, metrics, per_class, predictions = linear_probe(*tables, manifest, {"c_steps": 5})
+    model, metrics, per_class, predictions = linear_probe(*tables, manifest, {"c_steps": 5}, 8)
     assert model["class_name"].tolist() == NAMES
     assert metrics["top1"] > 0.9 and metrics["method"] == "linear_probe"
     assert metrics["trainable_parameters"] == 5 * 32 + 5
     assert len(metrics["val_accuracy_by_C"]) == 5
     assert len(per_class) == 5 and len(predictions) == 50
-    assert metrics["fit_seconds"] > 0
+    assert metrics["fit_seconds"] > 0 and metrics["shots"] == 8
+    assert metrics["peak_memory_mb"] > 0

@@ -72,7 +72,7 @@ def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
         summary = catalog.load(f"{prefix}_summary")
         assert metrics["n_images"] == len(data[4]) and metrics["method"] == method
         assert summary["steps"] == 20 and summary["trainable_parameters"] > 0
-        assert summary["peak_memory_kind"] == "process peak RSS"
+        assert summary["peak_memory_kind"] == "peak RSS during the run"
         history = catalog.load(f"{prefix}_history")
         assert len(history) == 20 and history["val_accuracy"].notna().sum() == 2
         adapter = catalog.load(f"{prefix}_adapter")

@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(
             linear_probe,
             ["train_embeddings", "val_embeddings", "test_embeddings", "manifest",
-             "params:linear_probe"],
+             "params:linear_probe", "params:shots"],
             ["linear_probe_model", "linear_probe_metrics", "linear_probe_per_class",
              "linear_probe_predictions"],
             name="linear_probe",
@@ -20,4 +20,4 @@ def create_pipeline(**kwargs) -> Pipeline:
 
 
 def for_dataset(name: str) -> Pipeline:
-    return Pipeline(create_pipeline(), namespace=name, parameters={"params:linear_probe"})
+    return Pipeline(create_pipeline(), namespace=name, parameters={"params:linear_probe", "params:shots"})

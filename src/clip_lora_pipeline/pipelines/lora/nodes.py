@@ -81,8 +81,7 @@ def train_adapter(
         "method": trainer.settings.method, "shots": shots, "steps": result.steps_done,
         "trainable_parameters": result.trainable_parameters,
         "training_seconds": result.wall_seconds, "peak_memory_mb": result.peak_memory_mb,
-        "peak_memory_kind": "cuda max allocated" if trainer.device.type == "cuda"
-        else "process peak RSS",
+        "peak_memory_kind": result.peak_memory_kind,
         "best_step": result.best_step, "best_val_accuracy": result.best_val_accuracy,
         "stopped_early": result.stopped_early, "checkpoint": str(folder),
     }
