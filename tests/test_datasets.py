@@ -46,3 +46,47 @@ def test_interrupted_first_save_leaves_nothing(tmp_path, monkeypatch):
         dataset.save({"top1": 0.5})
     assert list(tmp_path.iterdir()) == []
     assert not dataset.exists()
+
+
+def test_figure_dataset_saves_a_png_and_loads_its_bytes(tmp_path):
+    from matplotlib.figure import Figure
+
+    from clip_lora_pipeline.datasets import FigureDataset
+
+    figure = Figure(figsize=(2, 2))
+    figure.add_subplot().plot([0, 1], [1, 0])
+    dataset = FigureDataset(filepath=str(tmp_path / "plots" / "curve.png"))
+    dataset.save(figure)
+    png = dataset.load()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert [p.name for p in (tmp_path / "plots").iterdir()] == ["curve.png"]
+    assert dataset.preview() == __import__("base64").b64encode(png).decode()
+
+
+def test_interrupted_figure_save_leaves_nothing(tmp_path, monkeypatch):
+    import io
+    import types
+
+    from matplotlib.figure import Figure
+
+    from clip_lora_pipeline.datasets import FigureDataset
+
+    class DiesWhileWriting(io.BytesIO):
+        # getvalue() runs after the target file was opened for writing
+        def getvalue(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("kedro_datasets.matplotlib.matplotlib_dataset.io",
+                        types.SimpleNamespace(BytesIO=DiesWhileWriting))
+    with pytest.raises((KeyboardInterrupt, DatasetError)):
+        FigureDataset(filepath=str(tmp_path / "curve.png")).save(Figure())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_dataset_round_trip_is_atomic(tmp_path):
+    from clip_lora_pipeline.datasets import TextDataset
+
+    dataset = TextDataset(filepath=str(tmp_path / "report.html"))
+    dataset.save("<p>hello</p>")
+    assert dataset.load() == "<p>hello</p>"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]

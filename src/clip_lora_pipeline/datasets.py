@@ -14,7 +14,10 @@ from typing import Any
 
 from kedro.io.core import AbstractDataset, get_filepath_str
 from kedro_datasets.json import JSONDataset as _JSONDataset
+from kedro_datasets.matplotlib import MatplotlibDataset as _MatplotlibDataset
+from kedro_datasets.pandas import CSVDataset as _CSVDataset
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
+from kedro_datasets.text import TextDataset as _TextDataset
 
 
 class AtomicSaveMixin:
@@ -47,6 +50,28 @@ class ParquetDataset(AtomicSaveMixin, _ParquetDataset):
 
 class JSONDataset(AtomicSaveMixin, _JSONDataset):
     """``json.JSONDataset`` with atomic local writes."""
+
+
+class CSVDataset(AtomicSaveMixin, _CSVDataset):
+    """``pandas.CSVDataset`` with atomic local writes."""
+
+
+class TextDataset(AtomicSaveMixin, _TextDataset):
+    """``text.TextDataset`` (markdown, HTML) with atomic local writes."""
+
+
+class FigureDataset(AtomicSaveMixin, _MatplotlibDataset):
+    """A matplotlib figure saved as PNG, atomically. Unlike ``MatplotlibDataset`` it
+    loads: as the PNG's bytes, which is what the HTML report embeds. kedro-viz previews
+    it like any matplotlib dataset."""
+
+    def __init__(self, filepath: str, save_args: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(filepath=filepath, save_args={"format": "png", **(save_args or {})},
+                         **kwargs)
+
+    def load(self) -> bytes:  # type: ignore[override]
+        with self._fs.open(get_filepath_str(self._get_load_path(), self._protocol), "rb") as f:
+            return f.read()
 
 
 class SafetensorsDataset(AbstractDataset):
