@@ -1,5 +1,6 @@
-"""Project hooks: make the active configuration visible to the pipeline registry, and
-say where rejected-image tables were written."""
+"""Project hooks: make the active configuration visible to the pipeline registry, stop
+a run early when an input it needs was never made, and say where rejected-image tables
+and the report were written."""
 
 from __future__ import annotations
 
@@ -28,11 +29,55 @@ class ProjectHooks:
         self._catalog = catalog
 
     @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        # Kedro would fail on the first load with a bare "file not found"; say instead
+        # which inputs are missing and what makes them, before any node runs.
+        missing = [
+            name for name in sorted(pipeline.inputs())
+            if not name.startswith("params:") and name != "parameters"
+            and name in catalog and not catalog.exists(name)
+        ]
+        if missing:
+            raise MissingInputsError(missing_inputs_message(missing, catalog))
+
+    @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
+        if dataset_name == "report":
+            logger.info("Report written: %s", self._where(dataset_name))
+            return
         if not dataset_name.endswith("rejected_images") or data is None or not len(data):
             return
-        where = dataset_name
+        logger.warning("%d rejected image(s) are listed in %s", len(data),
+                       self._where(dataset_name))
+
+    def _where(self, dataset_name: str) -> str:
         if self._catalog is not None and dataset_name in self._catalog:
             described = self._catalog[dataset_name]._describe()
-            where = f"{dataset_name} ({described.get('filepath', 'in memory')})"
-        logger.warning("%d rejected image(s) are listed in %s", len(data), where)
+            return f"{dataset_name} ({described.get('filepath', 'in memory')})"
+        return dataset_name
+
+
+class MissingInputsError(RuntimeError):
+    """A run's inputs were never made by the steps upstream of it."""
+
+
+def _filepath(catalog, name: str) -> str:
+    return str(catalog[name]._describe().get("filepath", ""))
+
+
+def missing_inputs_message(missing: list[str], catalog) -> str:
+    from kedro.framework.project import pipelines
+
+    lines = ["This run needs outputs of earlier steps that do not exist yet:"]
+    for name in missing:
+        producers = [n.name for n in pipelines["__default__"].nodes if name in n.outputs]
+        named = sorted(
+            (len(p.nodes), key) for key, p in pipelines.items()
+            if key != "__default__" and name in p.all_outputs()
+        )
+        made_by = f"made by node {producers[0]}" if producers else "no node makes it"
+        run = f"; run `kedro run --pipelines {named[0][1]}` first" if named else ""
+        lines.append(f"  - {name} ({_filepath(catalog, name)}): {made_by}{run}")
+    lines.append("Or run the whole project: `kedro run` (add --only-missing-outputs to skip "
+                 "finished steps).")
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ from clip_lora_pipeline import project_config
 from clip_lora_pipeline.pipelines.data import pipeline as data
 from clip_lora_pipeline.pipelines.linear_probe import pipeline as linear_probe
 from clip_lora_pipeline.pipelines.lora import pipeline as lora
+from clip_lora_pipeline.pipelines.reporting import pipeline as reporting
 from clip_lora_pipeline.pipelines.zero_shot import pipeline as zero_shot
 
 
@@ -32,8 +33,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     lora_pipeline = data_pipeline + sum(
         (lora.for_dataset(n, methods) for n in names), Pipeline([])
     )
+    reporting_pipeline = sum(
+        (reporting.for_dataset(n, prompt_sets, methods) for n in names), Pipeline([])
+    ) + reporting.create_summary_pipeline(names)
     return {
-        "__default__": zero_shot_pipeline + probe_pipeline + lora_pipeline,
+        "__default__": zero_shot_pipeline + probe_pipeline + lora_pipeline + reporting_pipeline,
+        "reporting": reporting_pipeline,
         "lora": lora_pipeline,
         "data": data_pipeline,
         "zero_shot": zero_shot_pipeline,

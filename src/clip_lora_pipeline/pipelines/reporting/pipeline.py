@@ -1,0 +1,103 @@
+"""Reporting: per dataset and method, figures and tables; across them, the comparison
+table and chart and one HTML report. Reads only finished results, so it re-renders
+the report without recomputing anything."""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial, update_wrapper
+
+from kedro.pipeline import Node, Pipeline
+
+from clip_lora_pipeline.pipelines.reporting.nodes import (
+    comparison,
+    confusion_report,
+    dataset_results,
+    dataset_section,
+    per_class_f1,
+    prediction_grid,
+    report,
+    training_curves,
+)
+
+
+def _bound(func, **fixed):
+    """``partial`` that keeps the function's name, for logs and kedro-viz."""
+    return update_wrapper(partial(func, **fixed), func)
+
+
+def method_results(prompt_sets: list[str], adaptation_methods: list[str]) -> dict[str, str]:
+    """Method name in the reports -> prefix of its result datasets."""
+    return {
+        **{f"zero_shot_{s}": f"zero_shot_{s}" for s in prompt_sets},
+        "linear_probe": "linear_probe",
+        **{m: f"adapted_{m}" for m in adaptation_methods},
+    }
+
+
+def create_pipeline(dataset: str, prompt_sets: list[str], adaptation_methods: list[str]
+                    ) -> Pipeline:
+    """One dataset's figures, tables and report section (names inside its namespace)."""
+    results = method_results(prompt_sets, adaptation_methods)
+    methods = list(results)
+    nodes = []
+    section_inputs = {"per_class_f1": "report_per_class_f1"}
+    for method, prefix in results.items():
+        label = f"{dataset} / {method}"
+        nodes += [
+            Node(_bound(confusion_report, title=f"{label}: confusion matrix"),
+                 [f"{prefix}_predictions", f"{prefix}_per_class"],
+                 [f"report_confusion_{method}", f"report_most_confused_{method}"],
+                 name=f"report_confusion_{method}", tags=["reporting"]),
+            Node(_bound(prediction_grid, title=f"{label}: sample predictions"),
+                 [f"{prefix}_predictions", "params:dataset"],
+                 f"report_prediction_grid_{method}",
+                 name=f"report_prediction_grid_{method}", tags=["reporting"]),
+        ]
+        section_inputs |= {f"confusion__{method}": f"report_confusion_{method}",
+                           f"grid__{method}": f"report_prediction_grid_{method}",
+                           f"most_confused__{method}": f"report_most_confused_{method}"}
+        if method in adaptation_methods:
+            nodes.append(Node(_bound(training_curves, title=f"{label}: training"),
+                              f"{prefix}_history", f"report_training_curves_{method}",
+                              name=f"report_training_curves_{method}", tags=["reporting"]))
+            section_inputs[f"curves__{method}"] = f"report_training_curves_{method}"
+    nodes += [
+        Node(_bound(per_class_f1, methods=methods),
+             {f"per_class__{m}": f"{p}_per_class" for m, p in results.items()},
+             "report_per_class_f1", name="report_per_class_f1", tags=["reporting"]),
+        Node(_bound(dataset_results, dataset_name=dataset, methods=methods),
+             {f"metrics__{m}": f"{p}_metrics" for m, p in results.items()},
+             "report_results", name="report_results", tags=["reporting"]),
+        Node(_bound(dataset_section, dataset_name=dataset, methods=methods),
+             section_inputs, "report_section", name="report_section", tags=["reporting"]),
+    ]
+    return Pipeline(nodes)
+
+
+def for_dataset(name: str, prompt_sets: list[str], adaptation_methods: list[str]) -> Pipeline:
+    return Pipeline(create_pipeline(name, prompt_sets, adaptation_methods), namespace=name,
+                    parameters={"params:dataset": f"params:dataset_configs.{name}"})
+
+
+def create_summary_pipeline(datasets: list[str]) -> Pipeline:
+    """Across datasets: the comparison table, its chart, and the HTML report."""
+    with warnings.catch_warnings():
+        # These nodes read every dataset's namespaced outputs by design; Kedro warns
+        # about any dotted name outside its own namespace.
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        return _summary_pipeline(datasets)
+
+
+def _summary_pipeline(datasets: list[str]) -> Pipeline:
+    return Pipeline([
+        Node(comparison, [f"{d}.report_results" for d in datasets],
+             ["comparison_table", "comparison_table_markdown", "accuracy_chart"],
+             name="comparison", tags=["reporting"]),
+        Node(_bound(report, datasets=datasets),
+             {"comparison_table": "comparison_table", "accuracy_chart": "accuracy_chart",
+              "model": "params:model", "shots": "params:shots",
+              "few_shot_seed": "params:few_shot_seed",
+              **{f"section__{d}": f"{d}.report_section" for d in datasets}},
+             "report", name="report", tags=["reporting"]),
+    ])

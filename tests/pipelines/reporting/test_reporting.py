@@ -1,0 +1,126 @@
+"""Reporting nodes and the pipeline, on results with known numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from matplotlib.figure import Figure
+
+from clip_lora_pipeline.core.metrics import evaluate
+from clip_lora_pipeline.datasets import FigureDataset, ParquetDataset, TextDataset
+from clip_lora_pipeline.pipelines.reporting import nodes
+from clip_lora_pipeline.pipelines.reporting.pipeline import (
+    create_summary_pipeline,
+    for_dataset,
+    method_results,
+)
+from tests.conftest import write_image
+
+CLASSES = ["ant", "bee", "cow", "dog", "elk"]
+MODEL = {"name": "clip-lora-tiny", "pretrained": None, "checkpoint": None}
+
+
+def _results(accuracy: float, seed: int, n: int = 20):
+    """Metrics, per-class table and predictions with about ``accuracy`` correct."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    logits = rng.normal(size=(n, len(CLASSES)))
+    right = rng.random(n) < accuracy
+    logits[right, labels[right]] += 10
+    return evaluate(logits, labels, CLASSES, [f"img/{i:03d}.png" for i in range(n)])
+
+
+def _history(steps: int = 10) -> pd.DataFrame:
+    return pd.DataFrame({"step": np.arange(1, steps + 1), "loss": np.linspace(2, 0.5, steps),
+                         "train_accuracy": np.linspace(0.2, 0.9, steps), "lr": 1e-3,
+                         "val_accuracy": [0.5 if s % 5 == 0 else np.nan
+                                          for s in range(1, steps + 1)]})
+
+
+def test_confusion_report_node_returns_figure_and_pairs():
+    _, per_class, predictions = _results(0.5, seed=0)
+    figure, pairs = nodes.confusion_report(predictions, per_class, title="t")
+    assert isinstance(figure, Figure)
+    wrong = predictions[~predictions["correct"]]
+    assert pairs["count"].sum() == len(wrong) or len(pairs) == 15
+
+
+def test_dataset_results_keep_method_order_and_values():
+    metrics = {f"metrics__{m}": _results(a, seed=i)[0]
+               for i, (m, a) in enumerate([("zero_shot_simple", 0.3), ("lora", 0.9)])}
+    metrics["metrics__lora"] |= {"shots": 4, "trainable_parameters": 100,
+                                 "training_seconds": 2.0, "peak_memory_mb": 50.0}
+    rows = nodes.dataset_results("pets", ["zero_shot_simple", "lora"], **metrics)
+    assert rows["method"].tolist() == ["zero_shot_simple", "lora"]
+    assert rows["top1"].tolist() == [metrics["metrics__zero_shot_simple"]["top1"],
+                                     metrics["metrics__lora"]["top1"]]
+    assert rows["shots"].tolist() == [0, 4]
+
+
+def test_comparison_node_stacks_datasets():
+    a = pd.DataFrame([nodes.tables.result_row("a", "lora", _results(0.9, 1)[0])])
+    b = pd.DataFrame([nodes.tables.result_row("b", "lora", _results(0.4, 2)[0])])
+    table, markdown, chart = nodes.comparison(a, b)
+    assert table["dataset"].tolist() == ["a", "b"]
+    assert markdown.count("| lora |") == 2 and isinstance(chart, Figure)
+
+
+def _catalog(tmp_path, methods: dict[str, str]) -> DataCatalog:
+    catalog = DataCatalog()
+    root = tmp_path / "images"
+    for i in range(20):
+        write_image(root / f"img/{i:03d}.png", seed=i)
+    for k, (method, prefix) in enumerate(methods.items()):
+        metrics, per_class, predictions = _results(0.2 + 0.3 * k, seed=k)
+        if method == "lora":
+            metrics |= {"shots": 4, "trainable_parameters": 1000, "training_seconds": 3.0,
+                        "peak_memory_mb": 512.0}
+            catalog[f"pets.{prefix}_history"] = MemoryDataset(_history())
+        catalog[f"pets.{prefix}_metrics"] = MemoryDataset(metrics)
+        catalog[f"pets.{prefix}_per_class"] = MemoryDataset(per_class)
+        catalog[f"pets.{prefix}_predictions"] = MemoryDataset(predictions)
+    catalog["params:dataset_configs.pets"] = MemoryDataset({"root": str(root)})
+    catalog["params:model"] = MemoryDataset(MODEL)
+    catalog["params:shots"] = MemoryDataset(4)
+    catalog["params:few_shot_seed"] = MemoryDataset(1)
+    return catalog
+
+
+@pytest.mark.parametrize("kind", ["confusion", "prediction_grid", "training_curves"])
+def test_pipeline_declares_figures_per_method(kind):
+    pipeline = for_dataset("pets", ["simple"], ["lora"])
+    outputs = {o for o in pipeline.all_outputs() if f".report_{kind}_" in o}
+    expected = ["lora"] if kind == "training_curves" else ["zero_shot_simple", "linear_probe",
+                                                           "lora"]
+    assert outputs == {f"pets.report_{kind}_{m}" for m in expected}
+
+
+def test_pipeline_renders_the_report_from_results(tmp_path):
+    methods = method_results(["simple"], ["lora"])
+    catalog = _catalog(tmp_path, methods)
+    pipeline = for_dataset("pets", ["simple"], ["lora"]) + create_summary_pipeline(["pets"])
+    for name in pipeline.all_outputs():
+        if "report_confusion_" in name or "prediction_grid" in name or "curves" in name \
+                or name == "accuracy_chart":
+            catalog[name] = FigureDataset(filepath=str(tmp_path / "out" / f"{name}.png"))
+    # what the test reads afterwards must outlive the run (memory datasets are released)
+    catalog["comparison_table"] = ParquetDataset(filepath=str(tmp_path / "comparison.parquet"))
+    catalog["pets.report_per_class_f1"] = ParquetDataset(filepath=str(tmp_path / "f1.parquet"))
+    catalog["report"] = TextDataset(filepath=str(tmp_path / "report.html"))
+    SequentialRunner().run(pipeline, catalog)
+
+    comparison = catalog.load("comparison_table")
+    assert comparison["method"].tolist() == ["zero_shot_simple", "linear_probe", "lora"]
+    expected_top1 = [catalog.load(f"pets.{p}_metrics")["top1"] for p in methods.values()]
+    assert comparison["top1"].tolist() == expected_top1
+    assert comparison.loc[2, "peak_memory_mb"] == 512.0
+    f1 = catalog.load("pets.report_per_class_f1")
+    assert f1.columns.tolist() == ["class_name", "support", *methods]
+    page = catalog.load("report")
+    # chart + (confusion + grid) x 3 methods + lora's curves
+    assert page.count("data:image/png;base64,") == 1 + 3 * 2 + 1
+    assert '<table id="comparison"' in page and 'id="dataset-pets"' in page
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1 + 3 * 2 + 1
