@@ -32,3 +32,39 @@ def test_context_config_loader_is_used_by_the_registry(monkeypatch):
     monkeypatch.setattr(project_config, "_active_loader", None)
     ProjectHooks().after_context_created(Context())
     assert project_config.parameters() == {"datasets": ["x"]}
+
+
+def _two_step_project(monkeypatch, tmp_path):
+    from kedro.pipeline import Node, Pipeline
+
+    def identity(x):
+        return x
+
+    train = Pipeline([Node(identity, "shapes_train", "shapes_adapter", name="train_lora")])
+    report = Pipeline([Node(identity, "shapes_adapter", "report", name="report")])
+    monkeypatch.setattr("kedro.framework.project.pipelines",
+                        {"__default__": train + report, "lora": train, "reporting": report})
+    adapter = tmp_path / "adapter.parquet"
+    catalog = DataCatalog({"shapes_adapter": ParquetDataset(filepath=str(adapter)),
+                           "report": ParquetDataset(filepath=str(tmp_path / "r.parquet"))})
+    return report, catalog, adapter
+
+
+def test_run_with_a_missing_input_stops_and_names_what_makes_it(monkeypatch, tmp_path):
+    import pytest
+
+    from clip_lora_pipeline.hooks import MissingInputsError
+
+    report, catalog, adapter = _two_step_project(monkeypatch, tmp_path)
+    with pytest.raises(MissingInputsError) as error:
+        ProjectHooks().before_pipeline_run({}, report, catalog)
+    message = str(error.value)
+    assert f"shapes_adapter ({adapter})" in message
+    assert "made by node train_lora" in message
+    assert "`kedro run --pipelines lora` first" in message
+
+
+def test_run_with_its_inputs_present_starts(monkeypatch, tmp_path):
+    report, catalog, _ = _two_step_project(monkeypatch, tmp_path)
+    catalog.save("shapes_adapter", pd.DataFrame({"x": [1]}))
+    ProjectHooks().before_pipeline_run({}, report, catalog)
