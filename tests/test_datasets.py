@@ -90,3 +90,16 @@ def test_text_dataset_round_trip_is_atomic(tmp_path):
     dataset.save("<p>hello</p>")
     assert dataset.load() == "<p>hello</p>"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_parquet_preview_of_vector_columns_is_json_for_kedro_viz(tmp_path):
+    import json
+
+    import numpy as np
+
+    dataset = ParquetDataset(filepath=str(tmp_path / "embeddings.parquet"))
+    dataset.save(pd.DataFrame({"path": ["a.png"], "label": [np.int64(3)],
+                               "embedding": [np.arange(8, dtype=np.float32) / 3]}))
+    preview = dataset.preview()
+    json.dumps(preview)  # kedro-viz fails on numpy arrays here
+    assert preview["data"][0] == ["a.png", 3, "[0, 0.3333, 0.6667, 1, 1.333, …] (8)"]

@@ -1,5 +1,5 @@
-"""The hook tells where the rejected-images table went, and hands the run's config loader
-to the pipeline registry."""
+"""The hooks say where the rejected-images table went and stop a run whose inputs are
+missing; the project's config loader is the one the pipeline registry reads."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ def test_rejected_images_location_is_logged(tmp_path, caplog):
     assert caplog.text == ""
 
 
-def test_context_config_loader_is_used_by_the_registry(monkeypatch):
-    class Context:
-        config_loader = {"parameters": {"datasets": ["x"]}}
+def test_the_projects_config_loader_is_used_by_the_registry(monkeypatch, tmp_path):
+    from clip_lora_pipeline.project_config import ProjectConfigLoader
 
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "parameters.yml").write_text("datasets: [x]\n")
     monkeypatch.setattr(project_config, "_active_loader", None)
-    ProjectHooks().after_context_created(Context())
+    ProjectConfigLoader(conf_source=str(tmp_path), base_env="base", default_run_env="base")
     assert project_config.parameters() == {"datasets": ["x"]}
 
 

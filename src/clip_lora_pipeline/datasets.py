@@ -12,7 +12,9 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 from kedro.io.core import AbstractDataset, get_filepath_str
+from kedro_datasets._typing import TablePreview
 from kedro_datasets.json import JSONDataset as _JSONDataset
 from kedro_datasets.matplotlib import MatplotlibDataset as _MatplotlibDataset
 from kedro_datasets.pandas import CSVDataset as _CSVDataset
@@ -45,7 +47,25 @@ class AtomicSaveMixin:
 
 
 class ParquetDataset(AtomicSaveMixin, _ParquetDataset):
-    """``pandas.ParquetDataset`` with atomic local writes."""
+    """``pandas.ParquetDataset`` with atomic local writes, and a kedro-viz preview that
+    also works for tables with vector columns (embeddings, top-5 lists)."""
+
+    def preview(self, nrows: int = 5) -> TablePreview:
+        preview = super().preview(nrows)
+        preview["data"] = [[_preview_cell(v) for v in row] for row in preview["data"]]
+        return preview
+
+
+def _preview_cell(value: Any) -> Any:
+    # kedro-viz serialises previews as JSON: arrays become short readable strings.
+    if isinstance(value, (np.ndarray, list, tuple)):
+        items = list(value)
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+                          for v in items[:5])
+        return f"[{shown}{', …' if len(items) > 5 else ''}] ({len(items)})"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 class JSONDataset(AtomicSaveMixin, _JSONDataset):

@@ -1,6 +1,5 @@
-"""Project hooks: make the active configuration visible to the pipeline registry, stop
-a run early when an input it needs was never made, and say where rejected-image tables
-and the report were written."""
+"""Project hooks: stop a run early when an input it needs was never made, and say
+where rejected-image tables and the report were written."""
 
 from __future__ import annotations
 
@@ -9,20 +8,12 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from clip_lora_pipeline import project_config
-
 logger = logging.getLogger(__name__)
 
 
 class ProjectHooks:
     def __init__(self) -> None:
         self._catalog = None
-
-    @hook_impl
-    def after_context_created(self, context) -> None:
-        # The registry builds one namespace per configured dataset, so it must read the
-        # parameters of the environment this run uses (e.g. --env smoke).
-        project_config.use_config_loader(context.config_loader)
 
     @hook_impl
     def after_catalog_created(self, catalog) -> None:

@@ -1,9 +1,10 @@
 """The project's parameters as the pipeline registry needs them.
 
 Kedro builds pipelines before a node sees a parameter, but ours depend on one: the
-list of datasets (one namespace each). During ``kedro run`` / ``kedro viz`` the hook
-hands over the run's own config loader; elsewhere (``kedro registry list``) the
-configuration of ``KEDRO_ENV``, or of the default ``local`` environment, is read.
+list of datasets (one namespace each). The project's config loader registers itself
+when Kedro creates it (``kedro run``, ``kedro viz`` with or without hooks, a notebook's
+session), so the registry reads the run's own environment; elsewhere (``kedro registry
+list``) the configuration of ``KEDRO_ENV``, or of the default ``local`` environment, is read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ _active_loader: AbstractConfigLoader | None = None
 def use_config_loader(loader: AbstractConfigLoader) -> None:
     global _active_loader  # noqa: PLW0603
     _active_loader = loader
+
+
+class ProjectConfigLoader(OmegaConfigLoader):
+    """``OmegaConfigLoader`` that the pipeline registry reads from once it exists.
+    kedro-viz runs without project hooks, so a hook could not do this."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        use_config_loader(self)
 
 
 def parameters() -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from clip_lora_pipeline.core.model_id import slug_resolver
 from clip_lora_pipeline.hooks import ProjectHooks
+from clip_lora_pipeline.project_config import ProjectConfigLoader
 
 HOOKS = (ProjectHooks(),)
 
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
