@@ -69,3 +69,38 @@ def write_image(path: Path, size=(24, 20), mode="RGB", fmt=None, seed=0) -> Path
 @pytest.fixture
 def make_image():
     return write_image
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_kedro(project: Path, *args: str, env: dict[str, str] | None = None):
+    """``kedro <args>`` in ``project``; fails the test with the output's tail."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kedro", *args], cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", **(env or {})},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory) -> Path:
+    """A temporary copy of the project after ``kedro run --env smoke``. Shared by the
+    end-to-end tests, which read its outputs or re-run parts of it."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("project")
+    shutil.copytree(PROJECT_ROOT / "conf", copy / "conf", ignore=shutil.ignore_patterns("local"))
+    (copy / "conf" / "local").mkdir()
+    for folder in ("src", "notebooks"):
+        shutil.copytree(PROJECT_ROOT / folder, copy / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", copy / "pyproject.toml")
+    (copy / "data").mkdir()
+    run_kedro(copy, "run", "--env", "smoke")
+    return copy

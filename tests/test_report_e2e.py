@@ -1,0 +1,127 @@
+"""The smoke run's reports: every method has its figures and tables, report.html loads
+in a real browser without errors, kedro-viz builds, and the notebook runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_kedro
+
+REPORTS = Path("data/08_reporting/clip-lora-tiny__random/shots_8_seed_1")
+METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", "linear_probe",
+           "lora", "bitfit"]
+SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"
+
+
+@pytest.mark.slow
+def test_smoke_run_reports_every_method(smoke_project):
+    reports = smoke_project / REPORTS
+    comparison = pd.read_parquet(reports / "comparison.parquet")
+    assert comparison["method"].tolist() == METHODS
+    assert (comparison["dataset"] == "synthetic").all()
+    for method in METHODS:
+        metrics = json.loads((smoke_project / "data/07_model_output/synthetic/clip-lora-tiny__random"
+                              / ("" if method.startswith("zero_shot") else "shots_8_seed_1")
+                              / method / "metrics.json").read_text())
+        row = comparison.set_index("method").loc[method]
+        assert row["top1"] == metrics["top1"]
+        folder = reports / "synthetic" / method
+        for png in ["confusion_matrix.png", "sample_predictions.png"] + (
+                ["training_curves.png"] if method in ("lora", "bitfit") else []):
+            assert (folder / png).read_bytes().startswith(b"\x89PNG"), folder / png
+        assert (folder / "most_confused_pairs.parquet").exists()
+    f1 = pd.read_parquet(reports / "synthetic/per_class_f1.parquet")
+    assert f1.columns.tolist() == ["class_name", "support", *METHODS] and len(f1) == 6
+    markdown = (reports / "comparison.md").read_text()
+    assert all(f"| synthetic | {m} |" in markdown for m in METHODS)
+    assert (reports / "accuracy.png").exists() and (reports / "report.html").exists()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on PATH: install Debian's "
+                    "'chromium' package (apt-get install chromium); .ci/run does")
+def test_report_opens_in_chromium_with_every_image_and_no_errors(smoke_project, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    report = smoke_project / REPORTS / "report.html"
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=_chromium(),
+            # as root in a container, and no background calls to a closed network
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.goto(report.as_uri(), wait_until="load")
+        images = page.evaluate(
+            "Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        headers = page.locator("#comparison thead th").all_inner_texts()
+        rows = page.locator("#comparison tbody tr").all_inner_texts()
+        screenshot = tmp_path / "report.png"
+        page.screenshot(path=str(screenshot))
+        browser.close()
+    # accuracy chart, then per method a confusion matrix and a grid, plus 2 training curves
+    assert len(images) == 1 + 2 * len(METHODS) + 2
+    assert [alt for alt, loaded in images if not loaded] == []
+    assert headers[:3] == ["dataset", "method", "top-1"]
+    assert [r.split("\t")[1] for r in rows] == METHODS
+    assert problems == []
+    assert screenshot.stat().st_size > 20_000
+    target = __import__("os").environ.get(SCREENSHOT_DIR_ENV)
+    if target:  # how the README's screenshot is made
+        shutil.copy(screenshot, Path(target) / "report_screenshot.png")
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_exports_every_pipeline_offline(smoke_project):
+    run_kedro(smoke_project, "viz", "build", "--include-previews", env={"KEDRO_ENV": "smoke"})
+    main = json.loads((smoke_project / "build/api/main").read_text())
+    assert {p["id"] for p in main["pipelines"]} >= {
+        "__default__", "data", "zero_shot", "linear_probe", "lora", "reporting"}
+    assert {"raw", "intermediate", "primary", "feature", "model", "reporting"} <= set(
+        main["layers"])
+    tasks = {n["name"]: n for n in main["nodes"] if n["type"] == "task"}
+    for name in ("download", "encode_images", "train_lora", "train_bitfit", "linear_probe",
+                 "report_confusion_lora", "comparison", "report"):
+        assert name in tasks, sorted(tasks)
+    assert "gpu" in tasks["train_lora"]["tags"]
+    data = {n["name"]: n for n in main["nodes"] if n["type"] == "data"}
+    assert data["synthetic.report_confusion_lora"]["layer"] == "reporting"
+    assert data["report"]["layer"] == "reporting"
+    node_id = data["synthetic.report_confusion_lora"]["id"]
+    detail = json.loads((smoke_project / "build/api/nodes" / node_id).read_text())
+    assert detail["preview_type"] == "ImagePreview" and len(detail["preview"]) > 1000
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(smoke_project, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("KEDRO_ENV", "smoke")
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
+    notebook = nbformat.read(smoke_project / "notebooks/explore_run.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(smoke_project / "notebooks")}}).execute()
+    outputs = ["".join(o.get("text", "") for o in cell.get("outputs", []))
+               for cell in notebook.cells if cell.cell_type == "code"]
+    assert "environment: smoke" in outputs[0]
+    assert "synthetic: best method" in outputs[2]
+    assert "(true class:" in outputs[3]
+    images = [o for cell in notebook.cells for o in cell.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the confusion matrix and the classified image
