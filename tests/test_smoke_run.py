@@ -12,29 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "kedro", *args], cwd=project, env=env,
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+from tests.conftest import run_kedro
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("project")
-    shutil.copytree(PROJECT / "conf", copy / "conf", ignore=shutil.ignore_patterns("local"))
-    (copy / "conf" / "local").mkdir()
-    shutil.copytree(PROJECT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(PROJECT / "pyproject.toml", copy / "pyproject.toml")
-    (copy / "data").mkdir()
-    _kedro(copy, "run", "--env", "smoke")
-    return copy
+def project(smoke_project) -> Path:
+    return smoke_project
 
 
 def _mtimes(project: Path) -> dict[str, int]:
@@ -81,7 +64,7 @@ def test_smoke_run_trains_and_evaluates_every_method(project):
 @pytest.mark.slow
 def test_one_node_reruns_alone(project):
     before = _mtimes(project)
-    _kedro(project, "run", "--env", "smoke", "--nodes", "synthetic.split")
+    run_kedro(project, "run", "--env", "smoke", "--nodes", "synthetic.split")
     after = _mtimes(project)
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {
@@ -95,7 +78,7 @@ def test_one_node_reruns_alone(project):
 def test_only_missing_outputs_skips_finished_work(project):
     (project / "data/05_model_input/synthetic/shots_8_seed_1/val.parquet").unlink()
     before = _mtimes(project)
-    _kedro(project, "run", "--env", "smoke", "--only-missing-outputs")
+    run_kedro(project, "run", "--env", "smoke", "--only-missing-outputs")
     after = _mtimes(project)
     assert {k for k in after if before.get(k) != after[k]} == {
         "data/05_model_input/synthetic/shots_8_seed_1/val.parquet",
@@ -105,7 +88,7 @@ def test_only_missing_outputs_skips_finished_work(project):
 
 @pytest.mark.slow
 def test_runtime_shots_change_the_output_path(project):
-    _kedro(project, "run", "--env", "smoke", "--nodes", "synthetic.few_shot",
+    run_kedro(project, "run", "--env", "smoke", "--nodes", "synthetic.few_shot",
            "--params", "shots=2")
     train = pd.read_parquet(project / "data/05_model_input/synthetic/shots_2_seed_1/train.parquet")
     assert train.groupby("class_name").size().tolist() == [2] * 6
@@ -113,7 +96,7 @@ def test_runtime_shots_change_the_output_path(project):
 
 @pytest.mark.slow
 def test_registry_lists_the_data_pipeline(project):
-    result = _kedro(project, "registry", "list")
+    result = run_kedro(project, "registry", "list")
     assert "data" in result.stdout and "__default__" in result.stdout
     env = {**os.environ, "KEDRO_ENV": "smoke"}
     described = subprocess.run(
@@ -121,3 +104,32 @@ def test_registry_lists_the_data_pipeline(project):
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert "synthetic.split" in described.stdout, described.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_predict_on_a_folder_with_unreadable_files(project):
+    source = project / "data/01_raw/synthetic"
+    new = project / "data/01_raw/new_images"  # predict.input in conf/smoke
+    good = sorted(p.relative_to(source).as_posix() for p in source.rglob("*.png"))[:3]
+    for path in good:
+        (new / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / path, new / path)
+    (new / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
+    (new / "readme.txt").write_text("not an image")
+    run_kedro(project, "run", "--env", "smoke", "--pipeline", "predict")
+    out = project / "data/07_model_output/predict"
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert predictions["file"].tolist() == good
+    assert predictions.columns.tolist()[-2:] == ["class_5", "prob_5"]
+    assert ((predictions["confidence"] > 0) & (predictions["confidence"] <= 1)).all()
+    rejected = pd.read_parquet(out / "rejected_images.parquet")
+    assert sorted(rejected["path"]) == ["corrupt.jpg", "readme.txt"]
+    assert pd.read_csv(out / "predictions.csv")["file"].tolist() == good
+
+    # --params deep-merges into the environment's 'predict' entry: one file, zero-shot.
+    run_kedro(project, "run", "--env", "smoke", "--pipeline", "predict", "--params",
+           f"predict.model=zero_shot,predict.top_k=2,predict.input={new / good[0]}")
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert predictions["file"].tolist() == [Path(good[0]).name]
+    assert predictions.columns.tolist()[-2:] == ["class_2", "prob_2"]
+    assert pd.read_parquet(out / "rejected_images.parquet").empty

@@ -8,6 +8,7 @@ from clip_lora_pipeline import project_config
 from clip_lora_pipeline.pipelines.data import pipeline as data
 from clip_lora_pipeline.pipelines.linear_probe import pipeline as linear_probe
 from clip_lora_pipeline.pipelines.lora import pipeline as lora
+from clip_lora_pipeline.pipelines.predict import pipeline as predict
 from clip_lora_pipeline.pipelines.reporting import pipeline as reporting
 from clip_lora_pipeline.pipelines.zero_shot import pipeline as zero_shot
 
@@ -40,6 +41,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "__default__": zero_shot_pipeline + probe_pipeline + lora_pipeline + reporting_pipeline,
         "reporting": reporting_pipeline,
         "lora": lora_pipeline,
+        # Not in __default__: it needs the user's images and a trained model.
+        "predict": predict.for_parameters(params, names, prompt_sets, methods),
         "data": data_pipeline,
         "zero_shot": zero_shot_pipeline,
         "linear_probe": probe_pipeline,

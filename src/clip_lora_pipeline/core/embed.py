@@ -32,11 +32,15 @@ def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
 
 
 class ManifestImages(Dataset):
-    """The images of a manifest, decoded to RGB and preprocessed, with their row index."""
+    """The images of a manifest, decoded to RGB and preprocessed, with their label
+    (-1 for a table of unlabelled images, which has no ``label`` column)."""
 
     def __init__(self, manifest: pd.DataFrame, root: str | Path, transform: Callable):
         self.paths = [str(Path(root) / p) for p in manifest["path"]]
-        self.labels = manifest["label"].to_numpy(dtype=np.int64)
+        if "label" in manifest:
+            self.labels = manifest["label"].to_numpy(dtype=np.int64)
+        else:
+            self.labels = np.full(len(manifest), -1, dtype=np.int64)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -104,3 +108,11 @@ def embeddings_table(manifest: pd.DataFrame, embeddings: np.ndarray) -> pd.DataF
 
 def embeddings_matrix(table: pd.DataFrame) -> np.ndarray:
     return np.stack(table["embedding"].to_numpy()).astype(np.float32, copy=False)
+
+
+def classifier_logits(image_embeddings: np.ndarray, classifier: pd.DataFrame) -> np.ndarray:
+    """Zero-shot logits: logit scale x cosine of normalised image embeddings (rows) with
+    a text classifier table (one normalised ``embedding`` per class in label order, and
+    the model's ``logit_scale``)."""
+    scale = float(classifier["logit_scale"].iloc[0])
+    return scale * image_embeddings @ embeddings_matrix(classifier).T

@@ -78,6 +78,17 @@ def check_image(path: Path) -> ImageCheck:
     return ImageCheck(width, height, mode, None)
 
 
+def check_images(paths: list[Path], num_workers: int | None = None) -> list[ImageCheck]:
+    """``check_image`` for every path, in order, in parallel threads."""
+    workers = num_workers or min(8, (os.cpu_count() or 1) * 2)
+    # PIL releases the GIL while decoding, so threads use every core without pickling.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(
+            tqdm(pool.map(check_image, paths), total=len(paths), desc="Validating images",
+                 unit="img", mininterval=1.0)
+        )
+
+
 def validate_images(
     manifest: pd.DataFrame,
     root: Path,
@@ -94,14 +105,7 @@ def validate_images(
         raise ValueError(
             f"validation.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}."
         )
-    workers = num_workers or min(8, (os.cpu_count() or 1) * 2)
-    paths = [root / p for p in manifest["path"]]
-    # PIL releases the GIL while decoding, so threads use every core without pickling.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = list(
-            tqdm(pool.map(check_image, paths), total=len(paths), desc="Validating images",
-                 unit="img", mininterval=1.0)
-        )
+    checks = check_images([root / p for p in manifest["path"]], num_workers)
     reasons = pd.Series([c.reason for c in checks], index=manifest.index, dtype="string")
     bad = reasons.notna()
     rejected = manifest.loc[bad, ["path", "class_name"]].assign(reason=reasons[bad])

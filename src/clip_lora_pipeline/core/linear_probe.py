@@ -26,6 +26,23 @@ class LinearProbe:
     def logits(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weights.T + self.bias
 
+    def to_table(self, class_names: Sequence[str]) -> pd.DataFrame:
+        """One row per class (label order): label, class_name, weights, bias, C."""
+        return pd.DataFrame({"label": np.arange(len(class_names)), "class_name": class_names,
+                             "weights": list(self.weights), "bias": self.bias, "C": self.C})
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame) -> LinearProbe:
+        """The probe back from the table ``to_table`` made."""
+        rows = table.sort_values("label")
+        return cls(
+            weights=np.stack(rows["weights"].to_numpy()).astype(np.float32),
+            bias=rows["bias"].to_numpy(dtype=np.float32),
+            C=float(rows["C"].iloc[0]),
+            search=pd.DataFrame(columns=["C", "val_accuracy"]),
+            fit_seconds=float("nan"),
+        )
+
 
 def _fit(features, labels, n_classes, C, max_iter) -> tuple[np.ndarray, np.ndarray]:
     model = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter)

@@ -8,6 +8,7 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from clip_lora_pipeline.core.adapters import restore_trainer
 from clip_lora_pipeline.core.models import TINY_MODEL, register_model_configs
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset, SafetensorsDataset
 from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
@@ -90,7 +91,7 @@ def test_merged_export_loads_into_plain_open_clip_and_matches(tmp_path, data):
     pipeline = for_dataset("shapes", ["lora"])
     SequentialRunner().run(pipeline, catalog)
     adapter = catalog.load("shapes.adapted_lora_adapter")
-    trainer, loaded = nodes._restored(adapter, MODEL, RUNTIME)
+    trainer, loaded = restore_trainer(adapter, MODEL, RUNTIME)
     plain = open_clip.create_model(TINY_MODEL, pretrained=str(tmp_path / "lora" / "merged.safetensors"))
     plain.eval()
     trainer.model.eval()

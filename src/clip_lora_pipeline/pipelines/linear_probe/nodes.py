@@ -49,6 +49,4 @@ def linear_probe(
     })
     logger.info("linear probe: C=%g, test top-1 %.4f, fit %.2f s", probe.C, metrics["top1"],
                 probe.fit_seconds)
-    model = pd.DataFrame({"label": np.arange(len(classes)), "class_name": classes,
-                          "weights": list(probe.weights), "bias": probe.bias, "C": probe.C})
-    return model, metrics, per_class, predictions
+    return probe.to_table(classes), metrics, per_class, predictions

@@ -9,46 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from clip_lora_pipeline.core.lora import (
-    BitFitSettings,
-    LoraSettings,
-    open_clip_state_dict,
-)
+from clip_lora_pipeline.core.adapters import build_trainer, restore_trainer
+from clip_lora_pipeline.core.lora import open_clip_state_dict
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
-from clip_lora_pipeline.core.model_id import ModelSpec, model_slug
-from clip_lora_pipeline.core.models import (
-    LoadedModel,
-    load_model,
-    resolve_device,
-    resolve_precision,
-)
-from clip_lora_pipeline.core.train import Trainer, TrainSettings
+from clip_lora_pipeline.core.model_id import model_slug
 
 logger = logging.getLogger(__name__)
-
-
-def _split_method(method: dict[str, Any]):
-    values = dict(method)
-    lora = LoraSettings.from_params(values.pop("lora", None) or {})
-    bitfit = BitFitSettings(**(values.pop("bitfit", None) or {}))
-    return TrainSettings.from_params(values), lora, bitfit
-
-
-def _trainer(model_params, runtime, class_names, method) -> tuple[Trainer, LoadedModel]:
-    # A fresh model every time: training changes it in place.
-    device = resolve_device(runtime.get("device", "auto"))
-    loaded = load_model(ModelSpec.from_params(model_params), device)
-    settings, lora, bitfit = _split_method(method)
-    cfg = loaded.model.visual.preprocess_cfg
-    trainer = Trainer(
-        loaded.model, loaded.tokenizer, class_names, settings, device,
-        resolve_precision(device, runtime.get("precision", "auto")),
-        lora=lora, bitfit=bitfit, image_size=cfg["size"][0], mean=cfg["mean"], std=cfg["std"],
-    )
-    return trainer, loaded
 
 
 def _paths(frame: pd.DataFrame, dataset: dict[str, Any]) -> list[str]:
@@ -66,7 +34,7 @@ def train_adapter(
     depends on, so an interrupted run resumes and a changed one starts afresh.
     """
     classes = class_table(manifest)
-    trainer, loaded = _trainer(model_params, runtime, classes, method)
+    trainer, loaded = build_trainer(model_params, runtime, classes, method)
     identity = json.dumps({
         "model": model_slug(loaded.spec), "method": method, "root": dataset["root"],
         "train": sorted(train["path"]), "val": sorted(val["path"]),
@@ -93,26 +61,12 @@ def train_adapter(
     return adapter, result.history, summary
 
 
-def _restored(adapter, model_params, runtime) -> tuple[Trainer, LoadedModel]:
-    config = adapter["config"]
-    if config["model"] != model_params:
-        raise ValueError(
-            f"the adapter was trained on {config['model']}, but the model parameters now "
-            f"name {model_params}; re-run training for this model."
-        )
-    trainer, loaded = _trainer(model_params, runtime, config["classes"], config["method"])
-    with torch.no_grad():
-        for name, param in trainer.params.items():
-            param.copy_(adapter["tensors"][name])
-    return trainer, loaded
-
-
 def evaluate_adapter(
     test: pd.DataFrame, adapter: dict[str, Any], summary: dict[str, Any],
     dataset: dict[str, Any], model_params: dict[str, Any], runtime: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """The trained model's metrics and tables on the full test split."""
-    trainer, loaded = _restored(adapter, model_params, runtime)
+    trainer, loaded = restore_trainer(adapter, model_params, runtime)
     logits = trainer.predict(_paths(test, dataset), loaded.preprocess)
     metrics, per_class, predictions = evaluate(
         logits, test["label"].to_numpy(), adapter["config"]["classes"], test["path"].tolist()
@@ -127,7 +81,7 @@ def export_merged(
 ) -> dict[str, Any]:
     """Plain open_clip weights with the adapter merged in; load them with
     ``open_clip.create_model(name, pretrained=<this file>)``."""
-    trainer, _ = _restored(adapter, model_params, runtime)
+    trainer, _ = restore_trainer(adapter, model_params, runtime)
     merged = trainer.merged_clip()
     config = {"model": model_params["name"], "adapter": adapter["config"]["method"]}
     return {"tensors": open_clip_state_dict(merged), "config": config}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from clip_lora_pipeline.core.embed import (
+    classifier_logits,
     embeddings_matrix,
     embeddings_table,
     encode_images,
@@ -100,5 +101,4 @@ def zero_shot(
 
 
 def zero_shot_logits(test_embeddings: pd.DataFrame, classifier: pd.DataFrame) -> np.ndarray:
-    scale = float(classifier["logit_scale"].iloc[0])
-    return scale * embeddings_matrix(test_embeddings) @ embeddings_matrix(classifier).T
+    return classifier_logits(embeddings_matrix(test_embeddings), classifier)

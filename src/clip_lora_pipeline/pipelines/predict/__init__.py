@@ -1,0 +1,1 @@
+"""Predictions for new images with a chosen model: zero-shot, linear probe or an adapter."""

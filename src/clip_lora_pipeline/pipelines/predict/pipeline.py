@@ -1,0 +1,79 @@
+"""Find the new images, then predict with the model named in ``predict.model``.
+
+The model node reads the chosen dataset's stored artifact; the pipeline does not make it:
+run the zero_shot, linear_probe or lora pipeline first."""
+
+from __future__ import annotations
+
+from functools import partial, update_wrapper
+from typing import Any
+
+from kedro.pipeline import Node, Pipeline
+
+from clip_lora_pipeline.core.predict import LINEAR_PROBE, ZERO_SHOT, PredictSettings
+from clip_lora_pipeline.pipelines.predict.nodes import (
+    find_new_images,
+    predict_adapted,
+    predict_linear_probe,
+    predict_zero_shot,
+)
+
+PARAMETERS = {"params:predict", "params:model", "params:runtime"}
+
+
+def model_artifact(settings: PredictSettings) -> str:
+    """The catalog entry the chosen model is read from."""
+    if settings.model == ZERO_SHOT:
+        return f"{settings.dataset}.text_classifier_{settings.prompt_set}"
+    if settings.model == LINEAR_PROBE:
+        return f"{settings.dataset}.linear_probe_model"
+    return f"{settings.dataset}.adapted_{settings.model}_adapter"
+
+
+def create_pipeline(settings: PredictSettings) -> Pipeline:
+    artifact = model_artifact(settings)
+    predict = {ZERO_SHOT: predict_zero_shot, LINEAR_PROBE: predict_linear_probe}.get(
+        settings.model, predict_adapted)
+    return Pipeline(
+        [
+            Node(
+                find_new_images, "params:predict",
+                ["images", "rejected_images", "rejected_images_csv"],
+                name="find_new_images",
+            ),
+            Node(
+                predict,
+                ["images", artifact, "params:model", "params:runtime", "params:predict"],
+                ["predictions", "predictions_csv"],
+                name=f"predict_{settings.model}",
+                tags=["gpu"],
+            ),
+        ],
+        tags="predict",
+        namespace="predict",
+        inputs={artifact},
+        parameters=PARAMETERS,
+    )
+
+
+def check_parameters(message: str) -> None:
+    raise ValueError(message)
+
+
+def for_parameters(params: dict[str, Any], datasets: list[str], prompt_sets: list[str],
+                   methods: list[str]) -> Pipeline:
+    """The predict pipeline as the parameters ask for it.
+
+    With wrong ``predict`` parameters it is one node that fails with the reason when
+    run, so that the mistake never stops the other pipelines from building.
+    """
+    try:
+        settings = PredictSettings.from_params(params.get("predict"), datasets, prompt_sets,
+                                               methods)
+    except ValueError as error:
+        return Pipeline(
+            [Node(update_wrapper(partial(check_parameters, str(error)), check_parameters),
+                  None, "predictions", name="check_parameters")],
+            tags="predict", namespace="predict",
+        )
+    return create_pipeline(settings)
