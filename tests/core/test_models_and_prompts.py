@@ -34,9 +34,12 @@ from clip_lora_pipeline.core.models import (
     resolve_precision,
 )
 from clip_lora_pipeline.core.prompts import (
+    GROUP_OVERHEAD_TOKENS,
     PromptError,
     build_text_classifier,
     encode_text_trimmed,
+    end_of_text_lengths,
+    length_groups,
     templates_for,
     trimmed_length,
 )
@@ -142,10 +145,37 @@ def test_trimmed_text_encoding_equals_encode_text(tiny):
                for t in templates_for("ensemble", "flowers102")[:10]]
     tokens = tiny.tokenizer(prompts)
     assert trimmed_length(tiny.model, tokens) < 30
+    assert len(length_groups(end_of_text_lengths(tiny.model, tokens).tolist())) > 1
     with torch.inference_mode():
         full = tiny.model.encode_text(tokens)
         trimmed = encode_text_trimmed(tiny.model, tokens)
     assert torch.allclose(full, trimmed, atol=1e-5)
+
+
+def test_trimmed_text_encoding_has_the_gradients_of_encode_text(tiny):
+    # the LoRA trainer backpropagates through it every step
+    tokens = tiny.tokenizer(["a photo of a x.", "a photo of a hard-leaved pocket orchid.",
+                             "a blurry photo of a pink primrose, a type of flower."])
+    weight = tiny.model.transformer.resblocks[0].mlp.c_fc.weight
+    grads = []
+    for encode in (type(tiny.model).encode_text, encode_text_trimmed):
+        weight.grad = None
+        (encode(tiny.model, tokens) ** 2).sum().backward()
+        grads.append(weight.grad.clone())
+    weight.grad = None
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[9] * 58 + [10] * 30 + [11] * 11 + [13] * 3,
+                                     [5, 30, 5, 30, 6], [7], [4, 4, 4]])
+def test_length_groups_cover_every_prompt_once_and_never_cut_one(lengths):
+    groups = length_groups(lengths)
+    members = np.concatenate([indices for indices, _ in groups])
+    assert sorted(members.tolist()) == list(range(len(lengths)))
+    assert all(max(np.asarray(lengths)[i]) == n for i, n in groups)
+    computed = sum(len(i) * n for i, n in groups) + GROUP_OVERHEAD_TOKENS * len(groups)
+    assert computed <= len(lengths) * max(lengths) + GROUP_OVERHEAD_TOKENS
+    assert len(groups) <= 3
 
 
 def test_text_classifier_is_normalised_mean_of_normalised_templates(tiny):

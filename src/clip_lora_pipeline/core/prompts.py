@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -74,27 +76,52 @@ def can_trim(model: torch.nn.Module) -> bool:
     )
 
 
-def trimmed_length(model: torch.nn.Module, tokens: torch.Tensor) -> int:
-    """Tokens up to and including the last end-of-text position in the batch."""
+def end_of_text_lengths(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Per prompt: its tokens up to and including its end-of-text token."""
     if model.text_pool_type == "argmax":
         eot = tokens.argmax(dim=-1)
     else:
         eot = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    return int(eot.max()) + 1
+    return eot + 1
 
 
-def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor,
-                        normalize: bool = False) -> torch.Tensor:
-    """``model.encode_text`` over only the first ``trimmed_length`` positions.
+def trimmed_length(model: torch.nn.Module, tokens: torch.Tensor) -> int:
+    """Tokens up to and including the last end-of-text position in the batch."""
+    return int(end_of_text_lengths(model, tokens).max())
 
-    With a causal mask no position attends to later ones, and the feature is pooled at
-    the end-of-text token, so the padding after it cannot change the result. Running
-    18 positions instead of 77 cuts the text tower's cost several-fold. Models that do
-    not qualify (see ``can_trim``) take the full path.
+
+# A group of prompts costs a pass of the tower's kernels on top of its tokens; this many
+# tokens' worth, judged from ViT-B-32 text-tower steps on CPU.
+GROUP_OVERHEAD_TOKENS = 16
+MAX_LENGTH_GROUPS = 3
+
+
+def length_groups(lengths: Sequence[int], max_groups: int = MAX_LENGTH_GROUPS,
+                  overhead: int = GROUP_OVERHEAD_TOKENS) -> list[tuple[np.ndarray, int]]:
+    """Split prompts into at most ``max_groups`` groups of similar length, each trimmed
+    to its own longest prompt, so that the fewest positions are computed.
+
+    Returns (indices, length) per group, shortest first. Exhaustive over cut points
+    between the distinct lengths: prompts have few distinct lengths.
     """
-    if not can_trim(model):
-        return model.encode_text(tokens, normalize=normalize)
-    length = trimmed_length(model, tokens)
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    ordered = lengths[order]
+    distinct = np.unique(ordered)
+    best_cost, best_cuts = None, ()
+    for n_cuts in range(min(max_groups, len(distinct))):
+        for cuts in combinations(distinct[:-1].tolist(), n_cuts):
+            bounds = [*cuts, int(distinct[-1])]
+            counts = np.diff([0, *np.searchsorted(ordered, bounds, side="right")])
+            cost = int((counts * np.asarray(bounds)).sum()) + overhead * len(bounds)
+            if best_cost is None or cost < best_cost:
+                best_cost, best_cuts = cost, tuple(bounds)
+    ends = np.searchsorted(ordered, best_cuts, side="right")
+    starts = np.concatenate([[0], ends[:-1]])
+    return [(order[a:b], int(bound)) for a, b, bound in zip(starts, ends, best_cuts) if b > a]
+
+
+def _encode_prefix(model: torch.nn.Module, tokens: torch.Tensor, length: int) -> torch.Tensor:
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
@@ -107,6 +134,31 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor,
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
             else x @ model.text_projection
+    return x
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor,
+                        normalize: bool = False) -> torch.Tensor:
+    """``model.encode_text`` over only the positions up to each prompt's end.
+
+    With a causal mask no position attends to later ones, and the feature is pooled at
+    the end-of-text token, so the padding after it cannot change the result. Prompts
+    are grouped by length (``length_groups``) and each group runs trimmed to its own
+    longest prompt: 18 positions instead of 77 cut the text tower's cost several-fold,
+    and groups save another fifth on class names of mixed length. Models that do not
+    qualify (see ``can_trim``) take the full path.
+    """
+    if not can_trim(model):
+        return model.encode_text(tokens, normalize=normalize)
+    groups = length_groups(end_of_text_lengths(model, tokens).tolist())
+    if len(groups) == 1:
+        x = _encode_prefix(model, tokens, groups[0][1])
+    else:
+        order = np.concatenate([indices for indices, _ in groups])
+        index = torch.as_tensor(order, device=tokens.device)
+        parts = [_encode_prefix(model, tokens[torch.as_tensor(i, device=tokens.device)], n)
+                 for i, n in groups]
+        x = torch.cat(parts)[torch.argsort(index)]
     return F.normalize(x, dim=-1) if normalize else x
 
 
@@ -124,11 +176,15 @@ def build_text_classifier(
     prompts = [template.format(name) for name in class_names for template in templates]
     tokens = tokenizer(prompts)
     encode = encode_text_trimmed if trim else type(model).encode_text
+    order = torch.arange(len(prompts))
+    if trim and can_trim(model):  # batches of similar length trim the most
+        order = torch.argsort(end_of_text_lengths(model, tokens), stable=True)
     chunks = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(prompts), batch_size), desc="Encoding prompts",
                           unit="batch", disable=len(prompts) <= batch_size):
-            batch = tokens[start:start + batch_size].to(device)
+            batch = tokens[order[start:start + batch_size]].to(device)
             chunks.append(F.normalize(encode(model, batch).float(), dim=-1))
-    per_prompt = torch.cat(chunks).reshape(len(class_names), len(templates), -1)
+    per_prompt = torch.cat(chunks)[torch.argsort(order)].reshape(
+        len(class_names), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1).cpu()
