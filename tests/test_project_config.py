@@ -39,3 +39,14 @@ def test_registry_builds_namespaces_from_the_active_parameters(monkeypatch):
     assert "a.zero_shot_simple" not in {n.name for n in pipelines["linear_probe"].nodes}
     assert {n.name for n in pipelines["lora"].nodes} >= {"a.download", "a.train_lora",
                                                          "a.evaluate_lora", "a.export_lora"}
+
+
+def test_adaptation_methods_cannot_take_the_names_of_other_methods():
+    import pytest
+
+    from clip_lora_pipeline.project_config import adaptation_method_names
+
+    assert adaptation_method_names({"adaptation_methods": {"lora": {}, "bitfit": {}}}) == [
+        "lora", "bitfit"]
+    with pytest.raises(ValueError, match="zero_shot_simple"):
+        adaptation_method_names({"adaptation_methods": {"zero_shot_simple": {}}})

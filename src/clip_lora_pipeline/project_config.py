@@ -71,4 +71,10 @@ def prompt_set_names(params: dict[str, Any]) -> list[str]:
 
 
 def adaptation_method_names(params: dict[str, Any]) -> list[str]:
-    return _mapping_keys(params, "adaptation_methods", "training settings")
+    names = _mapping_keys(params, "adaptation_methods", "training settings")
+    # The reports name every method in one namespace with these.
+    taken = [n for n in names if n == "linear_probe" or n.startswith("zero_shot")]
+    if taken:
+        raise ValueError(f"adaptation_methods {taken}: 'linear_probe' and names starting with "
+                         "'zero_shot' are the reports' names for those methods; rename them.")
+    return names

@@ -90,9 +90,11 @@ def trimmed_length(model: torch.nn.Module, tokens: torch.Tensor) -> int:
     return int(end_of_text_lengths(model, tokens).max())
 
 
-# A group of prompts costs a pass of the tower's kernels on top of its tokens; this many
-# tokens' worth, judged from ViT-B-32 text-tower steps on CPU.
-GROUP_OVERHEAD_TOKENS = 16
+# A group of prompts costs a pass of the tower's kernels on top of its tokens, and small
+# groups run inefficient matmuls: count it as this many tokens. Set from LoRA training
+# steps on CPU (benchmarks/lora_throughput.py): at 16, ten class names were split 9 + 1
+# and training got slower; at 64 they stay one group and 102 names become two.
+GROUP_OVERHEAD_TOKENS = 64
 MAX_LENGTH_GROUPS = 3
 
 
