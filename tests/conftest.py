@@ -104,3 +104,27 @@ def smoke_project(tmp_path_factory) -> Path:
     (copy / "data").mkdir()
     run_kedro(copy, "run", "--env", "smoke")
     return copy
+
+
+def synthetic_splits(root: Path, images_per_class: int, shots: int):
+    """A 5-class synthetic dataset under ``root`` run through the data nodes:
+    (dataset params, manifest, train, val, test)."""
+    from clip_lora_pipeline.core.models import register_model_configs
+    from clip_lora_pipeline.pipelines.data.nodes import (
+        download,
+        few_shot,
+        split,
+        validate,
+    )
+
+    register_model_configs()
+    dataset = {"source": "synthetic", "root": str(root),
+               "options": {"num_classes": 5, "images_per_class": images_per_class,
+                           "image_size": 32}}
+    manifest = download(dataset, {})
+    images, _ = validate(manifest, dataset, {})
+    train_pool, val_pool, test = split(images, {
+        "seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+        "val_fraction_of_train": 0.2})
+    train, val = few_shot(train_pool, val_pool, test, shots, 2, 1)
+    return dataset, manifest, train, val, test

@@ -9,11 +9,11 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline.core.adapters import restore_trainer
-from clip_lora_pipeline.core.models import TINY_MODEL, register_model_configs
+from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset, SafetensorsDataset
-from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
 from clip_lora_pipeline.pipelines.lora import nodes
 from clip_lora_pipeline.pipelines.lora.pipeline import for_dataset
+from tests.conftest import synthetic_splits
 
 MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
 RUNTIME = {"device": "auto", "precision": "auto", "batch_size": 16, "num_workers": "auto"}
@@ -27,17 +27,7 @@ METHODS = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    register_model_configs()
-    root = tmp_path_factory.mktemp("shapes")
-    dataset = {"source": "synthetic", "root": str(root),
-               "options": {"num_classes": 5, "images_per_class": 12, "image_size": 32}}
-    manifest = download(dataset, {})
-    images, _ = validate(manifest, dataset, {})
-    train_pool, val_pool, test = split(images, {
-        "seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
-        "val_fraction_of_train": 0.2})
-    train, val = few_shot(train_pool, val_pool, test, 4, 2, 1)
-    return dataset, manifest, train, val, test
+    return synthetic_splits(tmp_path_factory.mktemp("shapes"), images_per_class=12, shots=4)
 
 
 def _catalog(tmp_path, data):

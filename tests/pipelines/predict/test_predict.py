@@ -14,16 +14,16 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline import project_config
-from clip_lora_pipeline.core.models import TINY_MODEL, register_model_configs
+from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import PredictSettings, find_images, top_k_table
 from clip_lora_pipeline.datasets import CSVDataset, ParquetDataset, SafetensorsDataset
 from clip_lora_pipeline.pipeline_registry import register_pipelines
-from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
 from clip_lora_pipeline.pipelines.linear_probe.nodes import linear_probe
 from clip_lora_pipeline.pipelines.lora import nodes as lora_nodes
 from clip_lora_pipeline.pipelines.predict import nodes
 from clip_lora_pipeline.pipelines.predict.pipeline import for_parameters
 from clip_lora_pipeline.pipelines.zero_shot import nodes as zero_shot_nodes
+from tests.conftest import synthetic_splits
 
 MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
 RUNTIME = {"device": "cpu", "precision": "auto", "batch_size": 16, "num_workers": 0}
@@ -37,17 +37,7 @@ COLUMNS = ["file", "predicted_class", "confidence", "class_1", "prob_1", "class_
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    register_model_configs()
-    root = tmp_path_factory.mktemp("shapes")
-    dataset = {"source": "synthetic", "root": str(root),
-               "options": {"num_classes": 5, "images_per_class": 10, "image_size": 32}}
-    manifest = download(dataset, {})
-    images, _ = validate(manifest, dataset, {})
-    train_pool, val_pool, test = split(images, {
-        "seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
-        "val_fraction_of_train": 0.2})
-    train, val = few_shot(train_pool, val_pool, test, 3, 2, 1)
-    return dataset, manifest, train, val, test
+    return synthetic_splits(tmp_path_factory.mktemp("shapes"), images_per_class=10, shots=3)
 
 
 @pytest.fixture(scope="module")
