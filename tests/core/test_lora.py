@@ -192,3 +192,20 @@ def test_bitfit_selects_biases_and_optionally_layernorm():
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert sorted(trainable) == sorted(names)
     assert count == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_dropouts_of_one_input_share_a_draw_but_not_a_mask():
+    torch.manual_seed(0)
+    x = torch.ones(300, 1000)
+    q, k, v = (FastDropout(0.25) for _ in range(3))
+    masks = [(d(x) != 0) for d in (q, k, v)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):  # independent: agree where chance says
+        agree = (masks[a] == masks[b]).float().mean().item()
+        assert abs(agree - (0.75**2 + 0.25**2)) < 0.01
+    assert all(abs(m.float().mean().item() - 0.75) < 0.01 for m in masks)
+    # a new input, or a moved generator, starts a new draw: masks depend on the seed only
+    torch.manual_seed(0)
+    assert torch.equal(q(x) != 0, masks[0])
+    y = torch.ones(300, 1000)
+    torch.manual_seed(0)
+    assert torch.equal(q(y) != 0, masks[0])
