@@ -104,9 +104,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, required=True,
                         help="an image folder (one sub-folder per class)")
-    parser.add_argument("--n", type=int, default=128, help="images to encode (>= 64)")
+    parser.add_argument("--n", type=int, default=256, help="images to encode (>= 64)")
     parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers; 0 is what the pipeline picks on CPU")
     parser.add_argument("--skip-text", action="store_true",

@@ -44,6 +44,7 @@ from clip_lora_pipeline.core.prompts import (
     trimmed_length,
 )
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
+from tests.conftest import write_image
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +265,24 @@ def test_pinned_memory_only_with_cuda(tiny, tmp_path):
     from clip_lora_pipeline.core.embed import image_loader
 
     manifest = make_manifest(["a.png"], [0], ["a"])
-    cpu_loader = image_loader(manifest, tmp_path, tiny.preprocess, torch.device("cpu"))
+    cpu_loader = image_loader(manifest, tmp_path, tiny.preprocess, torch.device("cpu"),
+                              num_workers=1)
     gpu_loader = image_loader(manifest, tmp_path, tiny.preprocess, torch.device("cuda"))
     assert not cpu_loader.pin_memory and gpu_loader.pin_memory
+
+
+def test_threaded_batches_equal_the_dataloaders_in_order(tiny, tmp_path):
+    from clip_lora_pipeline.core.embed import ThreadedBatches, image_loader
+
+    paths = [f"c{i % 3}/{i:02d}.png" for i in range(11)]
+    for i, path in enumerate(paths):
+        write_image(tmp_path / path, size=(30 + i, 20 + 2 * i), seed=i)
+    manifest = make_manifest(paths, [i % 3 for i in range(11)], ["a", "b", "c"])
+    cpu = torch.device("cpu")
+    threaded = image_loader(manifest, tmp_path, tiny.preprocess, cpu, batch_size=4)
+    plain = image_loader(manifest, tmp_path, tiny.preprocess, cpu, batch_size=4,
+                         num_workers=1)
+    assert isinstance(threaded, ThreadedBatches) and len(threaded) == 3
+    pairs = list(zip(threaded, plain, strict=True))
+    for (images, labels), (expected_images, expected_labels) in pairs:
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
