@@ -1,5 +1,5 @@
-"""Batched image encoding with a DataLoader: worker processes, pinned memory on GPU,
-mixed precision where asked, memory bounded by the batch size."""
+"""Batched image encoding: a DataLoader with worker processes and pinned memory on GPU,
+decoding threads on CPU, mixed precision where asked, memory bounded by the batch size."""
 
 from __future__ import annotations
 
