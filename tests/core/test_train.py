@@ -42,14 +42,14 @@ def shapes(tmp_path_factory):
     }
 
 
-def _trainer(shapes, seed=1, method="lora", head="text", **overrides):
+def _trainer(shapes, seed=1, method="lora", head="text", lora=FAST_LORA, **overrides):
     torch.manual_seed(seed)
     loaded = load_model(ModelSpec(TINY_MODEL))
     values = {"lr": 5e-3, "max_steps": 80, "batch_size": 16, "eval_every": 20,
               "checkpoint_every": 20, "crop_scale": (0.5, 1.0), **overrides}
     settings = TrainSettings(method=method, head=head, seed=seed, **values)
     trainer = Trainer(loaded.model, loaded.tokenizer, shapes["names"], settings, CPU,
-                      torch.float32, lora=FAST_LORA, image_size=32)
+                      torch.float32, lora=lora, image_size=32)
     return trainer, loaded
 
 
@@ -180,3 +180,28 @@ def test_settings_are_validated():
     with pytest.raises(TrainingError, match="method"):
         TrainSettings.from_params({"method": "adapter"})
     assert TrainSettings().total_steps(16) == 8000
+
+
+def test_predict_builds_no_autograd_graph_and_matches_batches(shapes):
+    trainer, loaded = _trainer(shapes)
+    grad_modes = []
+    hook = trainer.model.clip.visual.register_forward_hook(
+        lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    paths, _ = shapes["val"]
+    whole = trainer.predict(paths, loaded.preprocess, batch_size=64)
+    hook.remove()
+    assert grad_modes and not any(grad_modes)  # memory of one batch, not of the test set
+    assert torch.is_grad_enabled() and trainer.model.training
+    in_small_batches = trainer.predict(paths, loaded.preprocess, batch_size=5)
+    np.testing.assert_allclose(whole, in_small_batches, atol=1e-5)
+
+
+def test_vision_only_lora_trains_after_an_evaluation_of_the_untrained_model(shapes):
+    # The frozen text tower's class embeddings are cached by the first call, here
+    # predict(); training must still be able to backpropagate through them.
+    vision_only = LoraSettings(r=4, alpha=8, dropout=0.1, encoders="vision")
+    trainer, loaded = _trainer(shapes, lora=vision_only, max_steps=4, eval_every=2)
+    assert not trainer.model.text_trains
+    _val_accuracy(trainer, loaded, shapes)
+    result = _fit(trainer, loaded, shapes)
+    assert result.steps_done == 4

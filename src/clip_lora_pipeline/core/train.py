@@ -157,10 +157,13 @@ class ClipClassifier(nn.Module):
                     encode_text_trimmed(self.clip, self.class_tokens).float(), dim=-1)
         return self._frozen_text
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Head logits, plus (training the 'linear' head) the text-alignment logits."""
+    def forward(self, images: torch.Tensor, text: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head logits, plus (training the 'linear' head) the text-alignment logits.
+        ``text``: class embeddings already computed, for many batches without training."""
         features = F.normalize(self.clip.encode_image(images).float(), dim=-1)
-        text_logits = LOGIT_SCALE * features @ self.text_features().T
+        text = self.text_features() if text is None else text
+        text_logits = LOGIT_SCALE * features @ text.T
         if self.head_kind == "text":
             return text_logits, None
         return self.linear(features), text_logits if self.training else None
@@ -272,14 +275,19 @@ class Trainer:
         return state, best
 
     # Evaluation --------------------------------------------------------------------
-    @torch.inference_mode()
     def predict(self, paths: Sequence[str], transform, batch_size: int = 64) -> np.ndarray:
+        """Head logits for images, in order. No autograd graph: memory stays that of one
+        batch however many images, and the class embeddings are computed once."""
         self.model.eval()
         out = []
-        with autocast(self.device, self.dtype):
+        # no_grad, not inference_mode: a tensor made here (the frozen text tower's
+        # cached class embeddings) is used by training afterwards, and autograd refuses
+        # to save inference tensors for backward.
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            text = self.model.text_features()
             for start in range(0, len(paths), batch_size):
                 batch = torch.stack([transform(load_rgb(p)) for p in paths[start:start + batch_size]])
-                logits, _ = self.model(batch.to(self.device))
+                logits, _ = self.model(batch.to(self.device), text)
                 out.append(logits.float().cpu())
         self.model.train()
         return torch.cat(out).numpy()
