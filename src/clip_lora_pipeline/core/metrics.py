@@ -15,6 +15,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def ranked_classes(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices per row from most to least likely (ties: lower label first), and
+    the rows' softmax probabilities."""
+    return np.argsort(-logits, axis=1, kind="stable"), softmax(logits.astype(np.float64))
+
+
 def evaluate(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -29,7 +35,7 @@ def evaluate(
     if logits.shape != (len(labels), n_classes):
         raise ValueError(f"logits have shape {logits.shape}, expected ({len(labels)}, {n_classes}).")
     labels = np.asarray(labels)
-    ranked = np.argsort(-logits, axis=1, kind="stable")
+    ranked, probs = ranked_classes(logits)
     predicted = ranked[:, 0]
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=np.arange(n_classes), zero_division=0
@@ -51,7 +57,6 @@ def evaluate(
         "f1": f1,
         "support": support.astype(np.int64),
     })
-    probs = softmax(logits.astype(np.float64))
     names = np.asarray(class_names, dtype=object)
     k = min(5, n_classes)
     predictions = pd.DataFrame({

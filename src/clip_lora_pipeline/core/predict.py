@@ -22,7 +22,7 @@ from clip_lora_pipeline.core.embed import (
 )
 from clip_lora_pipeline.core.images import check_images
 from clip_lora_pipeline.core.linear_probe import LinearProbe
-from clip_lora_pipeline.core.metrics import softmax
+from clip_lora_pipeline.core.metrics import ranked_classes
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import load_model, resolve_device, resolve_precision
 
@@ -222,16 +222,15 @@ def top_k_table(
 ) -> pd.DataFrame:
     """One row per file: ``file``, ``predicted_class``, ``confidence``, then ``class_1``,
     ``prob_1`` ... ``class_k``, ``prob_k`` (k at most the number of classes), with
-    probabilities the softmax of the logits. Ties rank the lower label first, as in
-    ``core.metrics.evaluate``."""
+    probabilities the softmax of the logits, ranked as ``core.metrics.evaluate`` ranks."""
     _check_top_k(k)
     files = list(files)
     n_classes = len(class_names)
     if logits.shape != (len(files), n_classes):
         raise ValueError(f"logits have shape {logits.shape}, expected ({len(files)}, {n_classes}).")
     k = min(k, n_classes)
-    probs = softmax(logits.astype(np.float64))
-    ranked = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    ranked, probs = ranked_classes(logits)
+    ranked = ranked[:, :k]
     names = np.asarray(class_names, dtype=object)
     rows = np.arange(len(files))[:, None]
     top_names, top_probs = names[ranked], probs[rows, ranked]
