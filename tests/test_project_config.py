@@ -42,11 +42,44 @@ def test_registry_builds_namespaces_from_the_active_parameters(monkeypatch):
 
 
 def test_adaptation_methods_cannot_take_the_names_of_other_methods():
-    import pytest
+    names = project_config.adaptation_method_names
+    assert names({"adaptation_methods": {"lora": {}, "bitfit": {}}}) == ["lora", "bitfit"]
+    for taken in ("zero_shot_simple", "linear_probe", "text_init_head"):
+        with pytest.raises(ValueError, match=taken):
+            names({"adaptation_methods": {taken: {}}})
 
-    from clip_lora_pipeline.project_config import adaptation_method_names
 
-    assert adaptation_method_names({"adaptation_methods": {"lora": {}, "bitfit": {}}}) == [
-        "lora", "bitfit"]
-    with pytest.raises(ValueError, match="zero_shot_simple"):
-        adaptation_method_names({"adaptation_methods": {"zero_shot_simple": {}}})
+HEAD_PARAMS = {
+    "datasets": ["a"], "dataset_configs": {"a": {}},
+    "prompt_sets": {"simple": "simple", "ensemble": "ensemble"}, "adaptation_methods": {},
+}
+
+
+def test_text_init_head_runs_with_its_prompt_sets_classifier_and_is_reported(monkeypatch):
+    params = {**HEAD_PARAMS, "text_init_head": {"enabled": True, "prompt_set": "ensemble"}}
+    monkeypatch.setattr(project_config, "parameters", lambda: params)
+    pipelines = register_pipelines()
+    probe_nodes = {n.name: n for n in pipelines["linear_probe"].nodes}
+    # the linear_probe pipeline alone makes the classifier it starts from, and no other
+    assert {"a.text_init_head", "a.text_classifier_ensemble"} <= set(probe_nodes)
+    assert "a.text_classifier_simple" not in probe_nodes
+    assert "a.text_classifier_ensemble" in probe_nodes["a.text_init_head"].inputs
+    reporting = {n.name for n in pipelines["reporting"].nodes}
+    assert "a.report_confusion_text_init_head" in reporting
+    assert "a.text_init_head" in {n.name for n in pipelines["__default__"].nodes}
+
+
+@pytest.mark.parametrize("head", [None, {"enabled": False, "prompt_set": "simple"}])
+def test_text_init_head_can_be_left_out(monkeypatch, head):
+    params = {**HEAD_PARAMS, **({"text_init_head": head} if head else {})}
+    monkeypatch.setattr(project_config, "parameters", lambda: params)
+    names = {n.name for p in register_pipelines().values() for n in p.nodes}
+    assert not any("text_init_head" in n for n in names)
+    assert "a.linear_probe" in names
+
+
+def test_text_init_head_names_a_prompt_set_that_exists():
+    params = {**HEAD_PARAMS, "text_init_head": {"prompt_set": "fancy"}}
+    with pytest.raises(ValueError, match=r"'text_init_head.prompt_set' is 'fancy'.*"
+                                         r"\['simple', 'ensemble'\].*enabled: false"):
+        project_config.text_init_head_prompt_set(params)

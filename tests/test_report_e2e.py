@@ -14,7 +14,7 @@ from tests.conftest import run_kedro
 
 REPORTS = Path("data/08_reporting/clip-lora-tiny__random/shots_8_seed_1")
 METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", "linear_probe",
-           "lora", "bitfit"]
+           "text_init_head", "lora", "bitfit"]
 SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"
 
 

@@ -73,8 +73,32 @@ def prompt_set_names(params: dict[str, Any]) -> list[str]:
 def adaptation_method_names(params: dict[str, Any]) -> list[str]:
     names = _mapping_keys(params, "adaptation_methods", "training settings")
     # The reports name every method in one namespace with these.
-    taken = [n for n in names if n == "linear_probe" or n.startswith("zero_shot")]
+    taken = [n for n in names if n in PROBE_METHODS or n.startswith("zero_shot")]
     if taken:
-        raise ValueError(f"adaptation_methods {taken}: 'linear_probe' and names starting with "
-                         "'zero_shot' are the reports' names for those methods; rename them.")
+        raise ValueError(f"adaptation_methods {taken}: {list(PROBE_METHODS)} and names starting "
+                         "with 'zero_shot' are the reports' names for those methods; rename them.")
     return names
+
+
+PROBE_METHODS = ("linear_probe", "text_init_head")
+
+
+def text_init_head_prompt_set(params: dict[str, Any]) -> str | None:
+    """The prompt set whose text classifier starts the text-initialised head, or None when
+    the head is off (``text_init_head.enabled: false``, or no ``text_init_head`` entry)."""
+    head = params.get("text_init_head")
+    if not head or not head.get("enabled", True):
+        return None
+    prompt_sets = prompt_set_names(params)
+    prompt_set = head.get("prompt_set")
+    if prompt_set not in prompt_sets:
+        raise ValueError(f"parameter 'text_init_head.prompt_set' is {prompt_set!r}; it must be "
+                         f"an entry of 'prompt_sets': {prompt_sets}. Or set "
+                         "'text_init_head.enabled: false'.")
+    return prompt_set
+
+
+def probe_method_names(params: dict[str, Any]) -> list[str]:
+    """The linear classifiers on cached embeddings this run trains."""
+    return [m for m in PROBE_METHODS
+            if m != "text_init_head" or text_init_head_prompt_set(params) is not None]

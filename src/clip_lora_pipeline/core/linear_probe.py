@@ -1,6 +1,12 @@
-"""Linear probe on cached embeddings: L2-regularised logistic regression (lbfgs), C chosen
-by validation accuracy over a log-spaced grid, then refit on train + val (the CLIP
-paper's protocol)."""
+"""Linear classifiers on cached embeddings.
+
+- The linear probe: L2-regularised logistic regression (lbfgs), C chosen by validation
+  accuracy over a log-spaced grid, then refit on train + val (the CLIP paper's protocol).
+- The text-initialised head: a linear head that starts as a zero-shot text classifier
+  and is pulled back towards it by an L2 penalty, its strength chosen the same way.
+  With few shots it stays near zero-shot, where logistic regression from scratch has
+  too little data; with many it moves as far as the data support.
+"""
 
 from __future__ import annotations
 
@@ -11,37 +17,49 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+
+TABLE_COLUMNS = ("label", "class_name", "weights", "bias")
 
 
 @dataclass
 class LinearProbe:
     weights: np.ndarray  # (classes, dim)
     bias: np.ndarray  # (classes,)
-    C: float
-    search: pd.DataFrame  # C, val_accuracy
+    hyperparameter: str  # what the validation search chose: "C" or "anchor_strength"
+    value: float  # its chosen value
+    search: pd.DataFrame  # <hyperparameter>, val_accuracy
     fit_seconds: float
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weights.T + self.bias
 
     def to_table(self, class_names: Sequence[str]) -> pd.DataFrame:
-        """One row per class (label order): label, class_name, weights, bias, C."""
+        """One row per class (label order): label, class_name, weights, bias and the
+        chosen hyperparameter's value in a column of its name."""
         return pd.DataFrame({"label": np.arange(len(class_names)), "class_name": class_names,
-                             "weights": list(self.weights), "bias": self.bias, "C": self.C})
+                             "weights": list(self.weights), "bias": self.bias,
+                             self.hyperparameter: self.value})
 
     @classmethod
     def from_table(cls, table: pd.DataFrame) -> LinearProbe:
         """The probe back from the table ``to_table`` made."""
         rows = table.sort_values("label")
+        hyperparameter = next(c for c in rows.columns if c not in TABLE_COLUMNS)
         return cls(
             weights=np.stack(rows["weights"].to_numpy()).astype(np.float32),
             bias=rows["bias"].to_numpy(dtype=np.float32),
-            C=float(rows["C"].iloc[0]),
-            search=pd.DataFrame(columns=["C", "val_accuracy"]),
+            hyperparameter=hyperparameter,
+            value=float(rows[hyperparameter].iloc[0]),
+            search=pd.DataFrame(columns=[hyperparameter, "val_accuracy"]),
             fit_seconds=float("nan"),
         )
+
+    def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
+        return float((self.logits(features).argmax(axis=1) == labels).mean())
 
 
 def _fit(features, labels, n_classes, C, max_iter) -> tuple[np.ndarray, np.ndarray]:
@@ -68,14 +86,66 @@ def fit_linear_probe(
     max_iter: int = 1000,
 ) -> LinearProbe:
     """Pick C on val, then refit on train + val with it."""
+    return _search_and_refit(
+        lambda x, y, C: _fit(x, y, n_classes, C, max_iter), "C", sorted(c_grid),
+        train_x, train_y, val_x, val_y,
+    )
+
+
+def fit_text_initialised_head(
+    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+    class_embeddings: np.ndarray, logit_scale: float,
+    strength_grid: Sequence[float] = tuple(np.logspace(-5, 2, 8)), max_iter: int = 100,
+) -> LinearProbe:
+    """A head ``logit_scale * x @ V.T + b`` that starts at the zero-shot classifier
+    (V = the classes' normalised text embeddings, b = 0) and minimises cross-entropy
+    plus ``strength / 2 * (|V - V0|^2 + |b / logit_scale|^2)``. The objective is convex, so
+    full-batch L-BFGS finds the same head whatever the seed. The strength is picked on
+    val (ties: the stronger pull), then the head is refit on train + val."""
+    anchor = np.asarray(class_embeddings, dtype=np.float64)
+    if anchor.ndim != 2 or anchor.shape[1] != train_x.shape[1]:
+        raise ValueError(f"class embeddings have shape {anchor.shape}; the image embeddings "
+                         f"have width {train_x.shape[1]}: were both made with the same model?")
+    return _search_and_refit(
+        lambda x, y, strength: _fit_anchored(x, y, anchor, logit_scale, strength, max_iter),
+        "anchor_strength", sorted(strength_grid, reverse=True),
+        train_x, train_y, val_x, val_y,
+    )
+
+
+def _fit_anchored(features, labels, anchor, logit_scale, strength, max_iter
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.as_tensor(features, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.long)
+    v0 = torch.as_tensor(anchor)
+    v = v0.clone().requires_grad_(True)
+    b = torch.zeros(len(v0), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([v, b], max_iter=max_iter, history_size=20,
+                                  line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        penalty = (v - v0).pow(2).sum() + (b / logit_scale).pow(2).sum()
+        loss = F.cross_entropy(logit_scale * x @ v.T + b, y) + strength / 2 * penalty
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    return ((logit_scale * v).detach().numpy().astype(np.float32),
+            b.detach().numpy().astype(np.float32))
+
+
+def _search_and_refit(fit, hyperparameter, grid, train_x, train_y, val_x, val_y
+                      ) -> LinearProbe:
+    """Fit on train for each grid value (in order of preference: the first of equally
+    good ones wins), then refit the best on train + val."""
     start = time.perf_counter()
     scores = []
-    for C in c_grid:
-        weights, bias = _fit(train_x, train_y, n_classes, float(C), max_iter)
+    for value in grid:
+        weights, bias = fit(train_x, train_y, float(value))
         predicted = (val_x @ weights.T + bias).argmax(axis=1)
-        scores.append((float(C), float((predicted == val_y).mean())))
-    search = pd.DataFrame(scores, columns=["C", "val_accuracy"])
-    best_c = float(search.loc[search["val_accuracy"].idxmax(), "C"])  # first (smallest) best C
-    weights, bias = _fit(np.vstack([train_x, val_x]), np.concatenate([train_y, val_y]),
-                         n_classes, best_c, max_iter)
-    return LinearProbe(weights, bias, best_c, search, time.perf_counter() - start)
+        scores.append((float(value), float((predicted == val_y).mean())))
+    search = pd.DataFrame(scores, columns=[hyperparameter, "val_accuracy"])
+    best = float(search.loc[search["val_accuracy"].idxmax(), hyperparameter])
+    weights, bias = fit(np.vstack([train_x, val_x]), np.concatenate([train_y, val_y]), best)
+    return LinearProbe(weights, bias, hyperparameter, best, search, time.perf_counter() - start)

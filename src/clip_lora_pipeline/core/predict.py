@@ -1,6 +1,7 @@
 """Classes for new, unlabelled images: find them (a folder, searched recursively, or one
 file), set aside the files that cannot be read, and rank the classes of a dataset with
-its zero-shot text classifier, its linear probe or a trained adapter (LoRA, BitFit)."""
+its zero-shot text classifier, a linear classifier on embeddings (the linear probe, the
+text-initialised head) or a trained adapter (LoRA, BitFit)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ from clip_lora_pipeline.core.models import load_model, resolve_device, resolve_p
 logger = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero_shot"
-LINEAR_PROBE = "linear_probe"
 PARAMETER_KEYS = ("input", "dataset", "model", "prompt_set", "top_k")
 
 
@@ -39,16 +39,17 @@ class PredictSettings:
 
     input: str
     dataset: str
-    model: str  # zero_shot, linear_probe or an adaptation method (lora, bitfit, ...)
+    model: str  # zero_shot, a probe (linear_probe, text_init_head) or an adaptation method
     prompt_set: str | None  # zero_shot only
     top_k: int = 5
 
     @classmethod
     def from_params(
         cls, params: Any, datasets: Sequence[str], prompt_sets: Sequence[str],
-        methods: Sequence[str],
+        probes: Sequence[str], methods: Sequence[str],
     ) -> PredictSettings:
-        """Every mistake is a ValueError naming the parameter, its value and what it may be."""
+        """``probes``: the linear classifiers on embeddings the project trains.
+        Every mistake is a ValueError naming the parameter, its value and what it may be."""
         if not isinstance(params, dict):
             raise ValueError(
                 f"parameter 'predict' must map {list(PARAMETER_KEYS)} to values; got {params!r}. "
@@ -68,9 +69,9 @@ class PredictSettings:
                 "every key."
             )
         _one_of("predict.dataset", params["dataset"], datasets, "the 'datasets' parameter")
-        models = [ZERO_SHOT, LINEAR_PROBE, *methods]
+        models = [ZERO_SHOT, *probes, *methods]
         _one_of("predict.model", params["model"], models,
-                "zero_shot, linear_probe or an entry of 'adaptation_methods'")
+                f"zero_shot, {', '.join(probes)} or an entry of 'adaptation_methods'")
         prompt_set = params.get("prompt_set")
         if params["model"] == ZERO_SHOT:
             _one_of("predict.prompt_set", prompt_set, prompt_sets, "an entry of 'prompt_sets'")
@@ -193,7 +194,8 @@ def logits_from_linear_probe(
     images: pd.DataFrame, root: str | os.PathLike, probe_table: pd.DataFrame,
     model_params: dict[str, Any], runtime: dict[str, Any],
 ) -> tuple[np.ndarray, list[str]]:
-    """The linear probe on the images' embeddings."""
+    """A linear classifier on the images' embeddings (the linear probe, the
+    text-initialised head)."""
     probe = LinearProbe.from_table(probe_table)
     classes = probe_table.sort_values("label")["class_name"].tolist()
     if not len(images):

@@ -18,7 +18,10 @@ from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import PredictSettings, find_images, top_k_table
 from clip_lora_pipeline.datasets import CSVDataset, ParquetDataset, SafetensorsDataset
 from clip_lora_pipeline.pipeline_registry import register_pipelines
-from clip_lora_pipeline.pipelines.linear_probe.nodes import linear_probe
+from clip_lora_pipeline.pipelines.linear_probe.nodes import (
+    linear_probe,
+    text_initialised_head,
+)
 from clip_lora_pipeline.pipelines.lora import nodes as lora_nodes
 from clip_lora_pipeline.pipelines.predict import nodes
 from clip_lora_pipeline.pipelines.predict.pipeline import for_parameters
@@ -30,7 +33,8 @@ RUNTIME = {"device": "cpu", "precision": "auto", "batch_size": 16, "num_workers"
 LORA = {"method": "lora", "lr": 5e-3, "max_steps": 6, "batch_size": 8, "eval_every": 3,
         "checkpoint_every": 3, "crop_scale": [0.5, 1.0],
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
-KINDS = ("zero_shot", "linear_probe", "lora")
+KINDS = ("zero_shot", "linear_probe", "text_init_head", "lora")
+PROBES = ["linear_probe", "text_init_head"]
 COLUMNS = ["file", "predicted_class", "confidence", "class_1", "prob_1", "class_2", "prob_2",
            "class_3", "prob_3"]  # top_k: 3
 
@@ -50,6 +54,8 @@ def models(shapes, tmp_path_factory):
     _, _, zero_shot_predictions = zero_shot_nodes.zero_shot(test_emb, classifier)
     probe, _, _, probe_predictions = linear_probe(
         train_emb, val_emb, test_emb, manifest, {"c_steps": 3}, 3)
+    head, _, _, head_predictions = text_initialised_head(
+        train_emb, val_emb, test_emb, classifier, {"strength_steps": 3}, 3)
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     adapter, _, summary = lora_nodes.train_adapter(
         train, val, manifest, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints))
@@ -58,6 +64,7 @@ def models(shapes, tmp_path_factory):
     return {
         "zero_shot": (classifier, zero_shot_predictions),
         "linear_probe": (probe, probe_predictions),
+        "text_init_head": (head, head_predictions),
         "lora": (adapter, lora_predictions),
     }
 
@@ -145,7 +152,7 @@ def test_top_k_table_ranks_classes_with_softmax_probabilities():
 
 # Parameters ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("change", "message"), [
-    ({"model": "lroa"}, r"predict\.model is 'lroa'.*\['zero_shot', 'linear_probe', 'lora'\]"),
+    ({"model": "lroa"}, r"predict\.model is 'lroa'.*\['zero_shot', 'linear_probe', 'text_init_head', 'lora'\]"),
     ({"dataset": "flowers"}, r"predict\.dataset is 'flowers'.*\['shapes'\]"),
     ({"model": "zero_shot", "prompt_set": "fancy"}, r"predict\.prompt_set is 'fancy'.*\['simple'\]"),
     ({"top_k": 0}, r"predict\.top_k must be an integer >= 1, got 0"),
@@ -154,12 +161,13 @@ def test_top_k_table_ranks_classes_with_softmax_probabilities():
 ])
 def test_bad_parameters_name_the_parameter_the_value_and_the_choices(change, message):
     with pytest.raises(ValueError, match=message):
-        PredictSettings.from_params(_params("x", **change), ["shapes"], ["simple"], ["lora"])
+        PredictSettings.from_params(_params("x", **change), ["shapes"], ["simple"],
+                                    PROBES, ["lora"])
 
 
 def test_prompt_set_is_only_checked_for_zero_shot():
     settings = PredictSettings.from_params(_params("x", prompt_set="fancy"), ["shapes"],
-                                           ["simple"], ["lora"])
+                                           ["simple"], PROBES, ["lora"])
     assert settings.model == "lora" and settings.top_k == 3
 
 
@@ -199,7 +207,7 @@ def test_each_model_predicts_what_its_own_evaluation_predicted(kind, shapes, mod
     dataset, *_, test = shapes
     artifact, evaluation = models[kind]
     predict = {"zero_shot": nodes.predict_zero_shot, "linear_probe": nodes.predict_linear_probe,
-               "lora": nodes.predict_adapted}[kind]
+               "text_init_head": nodes.predict_linear_probe, "lora": nodes.predict_adapted}[kind]
     images = test[["path"]].reset_index(drop=True)
     params = _params(dataset["root"], kind, top_k=5)  # every class of 5
     table, csv_copy = predict(images, artifact, MODEL, RUNTIME, params)
@@ -210,7 +218,7 @@ def test_each_model_predicts_what_its_own_evaluation_predicted(kind, shapes, mod
     _assert_matches_evaluation(table, evaluation)
 
 
-def test_the_three_models_differ_so_the_checks_above_can_tell_them_apart(models):
+def test_the_models_differ_so_the_checks_above_can_tell_them_apart(models):
     confidences = [models[k][1].set_index("path")["confidence"].sort_index() for k in KINDS]
     for i in range(len(KINDS)):
         for j in range(i + 1, len(KINDS)):
@@ -242,6 +250,8 @@ def _catalog(out: Path, params: dict, models: dict) -> DataCatalog:
     classifier.save(models["zero_shot"][0])
     probe = ParquetDataset(filepath=str(out / "linear_probe_model.parquet"))
     probe.save(models["linear_probe"][0])
+    head = ParquetDataset(filepath=str(out / "text_init_head_model.parquet"))
+    head.save(models["text_init_head"][0])
     adapter = SafetensorsDataset(str(out / "adapter.safetensors"))
     adapter.save(models["lora"][0])
     entries = {
@@ -250,6 +260,7 @@ def _catalog(out: Path, params: dict, models: dict) -> DataCatalog:
         "params:runtime": MemoryDataset(RUNTIME),
         "shapes.text_classifier_simple": classifier,
         "shapes.linear_probe_model": probe,
+        "shapes.text_init_head_model": head,
         "shapes.adapted_lora_adapter": adapter,
     }
     for name in ("images", "rejected_images", "predictions"):
@@ -265,7 +276,7 @@ def test_pipeline_predicts_the_good_files_and_lists_the_rest(kind, messy_folder,
                                                              tmp_path):
     folder, good = messy_folder
     params = _params(folder, kind)
-    pipeline = for_parameters({"predict": params}, ["shapes"], ["simple"], ["lora"])
+    pipeline = for_parameters({"predict": params}, ["shapes"], ["simple"], PROBES, ["lora"])
     out = tmp_path / "out"
     catalog = _catalog(out, params, models)
     SequentialRunner().run(pipeline, catalog)

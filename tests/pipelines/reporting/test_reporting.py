@@ -91,7 +91,7 @@ def _catalog(tmp_path, methods: dict[str, str]) -> DataCatalog:
 
 @pytest.mark.parametrize("kind", ["confusion", "prediction_grid", "training_curves"])
 def test_pipeline_declares_figures_per_method(kind):
-    pipeline = for_dataset("pets", ["simple"], ["lora"])
+    pipeline = for_dataset("pets", ["simple"], ["linear_probe"], ["lora"])
     outputs = {o for o in pipeline.all_outputs() if f".report_{kind}_" in o}
     expected = ["lora"] if kind == "training_curves" else ["zero_shot_simple", "linear_probe",
                                                            "lora"]
@@ -99,9 +99,10 @@ def test_pipeline_declares_figures_per_method(kind):
 
 
 def test_pipeline_renders_the_report_from_results(tmp_path):
-    methods = method_results(["simple"], ["lora"])
+    methods = method_results(["simple"], ["linear_probe"], ["lora"])
     catalog = _catalog(tmp_path, methods)
-    pipeline = for_dataset("pets", ["simple"], ["lora"]) + create_summary_pipeline(["pets"])
+    pipeline = (for_dataset("pets", ["simple"], ["linear_probe"], ["lora"])
+                + create_summary_pipeline(["pets"]))
     for name in pipeline.all_outputs():
         if "report_confusion_" in name or "prediction_grid" in name or "curves" in name \
                 or name == "accuracy_chart":

@@ -44,6 +44,8 @@ def create_pipeline(methods: list[str]) -> Pipeline:
 
 
 def for_dataset(name: str, methods: list[str]) -> Pipeline:
+    if not methods:  # a namespace cannot map parameters onto no nodes
+        return Pipeline([])
     return Pipeline(
         create_pipeline(methods),
         namespace=name,

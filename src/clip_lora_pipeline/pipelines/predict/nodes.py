@@ -43,7 +43,8 @@ def predict_linear_probe(
     images: pd.DataFrame, probe: pd.DataFrame, model_params: dict[str, Any],
     runtime: dict[str, Any], params: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Top-k classes of each image by the dataset's linear probe."""
+    """Top-k classes of each image by a linear classifier on embeddings (linear_probe,
+    text_init_head)."""
     root = image_root(params["input"])
     return _table(images, logits_from_linear_probe(images, root, probe, model_params, runtime),
                   params)

@@ -10,13 +10,14 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from clip_lora_pipeline.core.predict import LINEAR_PROBE, ZERO_SHOT, PredictSettings
+from clip_lora_pipeline.core.predict import ZERO_SHOT, PredictSettings
 from clip_lora_pipeline.pipelines.predict.nodes import (
     find_new_images,
     predict_adapted,
     predict_linear_probe,
     predict_zero_shot,
 )
+from clip_lora_pipeline.project_config import PROBE_METHODS
 
 PARAMETERS = {"params:predict", "params:model", "params:runtime"}
 
@@ -25,15 +26,19 @@ def model_artifact(settings: PredictSettings) -> str:
     """The catalog entry the chosen model is read from."""
     if settings.model == ZERO_SHOT:
         return f"{settings.dataset}.text_classifier_{settings.prompt_set}"
-    if settings.model == LINEAR_PROBE:
-        return f"{settings.dataset}.linear_probe_model"
+    if settings.model in PROBE_METHODS:
+        return f"{settings.dataset}.{settings.model}_model"
     return f"{settings.dataset}.adapted_{settings.model}_adapter"
 
 
 def create_pipeline(settings: PredictSettings) -> Pipeline:
     artifact = model_artifact(settings)
-    predict = {ZERO_SHOT: predict_zero_shot, LINEAR_PROBE: predict_linear_probe}.get(
-        settings.model, predict_adapted)
+    if settings.model == ZERO_SHOT:
+        predict = predict_zero_shot
+    elif settings.model in PROBE_METHODS:
+        predict = predict_linear_probe
+    else:
+        predict = predict_adapted
     return Pipeline(
         [
             Node(
@@ -61,7 +66,7 @@ def check_parameters(message: str) -> None:
 
 
 def for_parameters(params: dict[str, Any], datasets: list[str], prompt_sets: list[str],
-                   methods: list[str]) -> Pipeline:
+                   probes: list[str], methods: list[str]) -> Pipeline:
     """The predict pipeline as the parameters ask for it.
 
     With wrong ``predict`` parameters it is one node that fails with the reason when
@@ -69,7 +74,7 @@ def for_parameters(params: dict[str, Any], datasets: list[str], prompt_sets: lis
     """
     try:
         settings = PredictSettings.from_params(params.get("predict"), datasets, prompt_sets,
-                                               methods)
+                                               probes, methods)
     except ValueError as error:
         return Pipeline(
             [Node(update_wrapper(partial(check_parameters, str(error)), check_parameters),

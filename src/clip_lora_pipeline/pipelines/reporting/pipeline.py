@@ -26,19 +26,21 @@ def _bound(func, **fixed):
     return update_wrapper(partial(func, **fixed), func)
 
 
-def method_results(prompt_sets: list[str], adaptation_methods: list[str]) -> dict[str, str]:
+def method_results(prompt_sets: list[str], probes: list[str], adaptation_methods: list[str]
+                   ) -> dict[str, str]:
     """Method name in the reports -> prefix of its result datasets."""
     return {
         **{f"zero_shot_{s}": f"zero_shot_{s}" for s in prompt_sets},
-        "linear_probe": "linear_probe",
+        **{p: p for p in probes},
         **{m: f"adapted_{m}" for m in adaptation_methods},
     }
 
 
-def create_pipeline(dataset: str, prompt_sets: list[str], adaptation_methods: list[str]
-                    ) -> Pipeline:
-    """One dataset's figures, tables and report section (names inside its namespace)."""
-    results = method_results(prompt_sets, adaptation_methods)
+def create_pipeline(dataset: str, prompt_sets: list[str], probes: list[str],
+                    adaptation_methods: list[str]) -> Pipeline:
+    """One dataset's figures, tables and report section (names inside its namespace).
+    ``probes``: the linear classifiers on embeddings (linear_probe, text_init_head)."""
+    results = method_results(prompt_sets, probes, adaptation_methods)
     methods = list(results)
     nodes = []
     section_inputs = {"per_class_f1": "report_per_class_f1"}
@@ -75,8 +77,10 @@ def create_pipeline(dataset: str, prompt_sets: list[str], adaptation_methods: li
     return Pipeline(nodes)
 
 
-def for_dataset(name: str, prompt_sets: list[str], adaptation_methods: list[str]) -> Pipeline:
-    return Pipeline(create_pipeline(name, prompt_sets, adaptation_methods), namespace=name,
+def for_dataset(name: str, prompt_sets: list[str], probes: list[str],
+                adaptation_methods: list[str]) -> Pipeline:
+    return Pipeline(create_pipeline(name, prompt_sets, probes, adaptation_methods),
+                    namespace=name,
                     parameters={"params:dataset": f"params:dataset_configs.{name}"})
 
 

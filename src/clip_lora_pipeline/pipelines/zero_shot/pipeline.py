@@ -23,19 +23,23 @@ def create_embeddings_pipeline() -> Pipeline:
     ])
 
 
+def text_classifier_node(prompt_set: str) -> Node:
+    return Node(
+        text_classifier,
+        ["manifest", "params:dataset", f"params:prompt_sets.{prompt_set}",
+         "params:model", "params:runtime"],
+        f"text_classifier_{prompt_set}",
+        name=f"text_classifier_{prompt_set}",
+        tags=["embeddings"],
+    )
+
+
 def create_pipeline(prompt_sets: list[str]) -> Pipeline:
     """Image embeddings, then a text classifier and evaluation per prompt set."""
     nodes = list(create_embeddings_pipeline().nodes)
     for prompt_set in prompt_sets:
         nodes += [
-            Node(
-                text_classifier,
-                ["manifest", "params:dataset", f"params:prompt_sets.{prompt_set}",
-                 "params:model", "params:runtime"],
-                f"text_classifier_{prompt_set}",
-                name=f"text_classifier_{prompt_set}",
-                tags=["embeddings"],
-            ),
+            text_classifier_node(prompt_set),
             Node(
                 zero_shot,
                 ["test_embeddings", f"text_classifier_{prompt_set}"],
@@ -66,3 +70,7 @@ def for_dataset(name: str, prompt_sets: list[str]) -> Pipeline:
 
 def embeddings_for_dataset(name: str) -> Pipeline:
     return _namespaced(create_embeddings_pipeline(), name, [])
+
+
+def text_classifier_for_dataset(name: str, prompt_set: str) -> Pipeline:
+    return _namespaced(Pipeline([text_classifier_node(prompt_set)]), name, [prompt_set])
