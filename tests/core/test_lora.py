@@ -164,6 +164,10 @@ def test_fast_dropout_keeps_expectation_and_rate():
     assert abs(out.mean().item() - 1.0) < 0.01
     dropout.eval()
     assert dropout(x) is x
+    torch.manual_seed(1)  # p is applied at 1/1024: 0.1 -> 102/1024, kept values scaled to match
+    out = FastDropout(0.1)(x)
+    assert abs((out != 0).float().mean().item() - 922 / 1024) < 0.005
+    assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 1024 / 922))
     torch.manual_seed(3)
     first = FastDropout(0.5)(x)
     torch.manual_seed(3)
