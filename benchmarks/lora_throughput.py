@@ -7,7 +7,8 @@ Cases (ViT-B-32, random weights, LoRA r=2 alpha=1 on q/k/v of every block of bot
 encoders, text head "a photo of a {}." with Flowers102's class names (the first 10, or
 all 102) recomputed every step, AdamW):
   - batch 16 with 10 classes, batch 32 with 102 classes;
-  - ours: unfused attention (separate q/k/v Linear + SDPA) and the trimmed text tower;
+  - ours: unfused attention (separate q/k/v Linear + SDPA), the trimmed text tower and
+    the class token alone in the last vision block (core.models.PooledTokenBlock);
   - fused baseline: peft applied directly to nn.MultiheadAttention (one rank-r pair on
     the packed projection, as peft does there) and the full 77-token text tower.
 Both get the same preprocessed batches (random pixels: speed does not depend on them),
@@ -45,7 +46,8 @@ def run_case(kind: str, batch: int, classes: int) -> dict:
     from clip_lora_pipeline.core.train import LOGIT_SCALE, ClipClassifier
 
     tune_cpu_allocator()
-    loaded = load_model(ModelSpec("ViT-B-32"), unfused_attention=(kind == "ours"))
+    ours = kind == "ours"  # the baseline is open_clip's model as created
+    loaded = load_model(ModelSpec("ViT-B-32"), unfused_attention=ours, pooled_token_only=ours)
     names = load_class_names("flowers102")[:classes]
     tokens = loaded.tokenizer([f"a photo of a {name}." for name in names])
     if kind == "ours":
@@ -94,7 +96,10 @@ def run_case(kind: str, batch: int, classes: int) -> dict:
 
 def probe_fit_seconds() -> tuple[float, float]:
     """Fit times of the logistic-regression probe and the text-initialised head."""
-    from clip_lora_pipeline.core.linear_probe import fit_linear_probe, fit_text_initialised_head
+    from clip_lora_pipeline.core.linear_probe import (
+        fit_linear_probe,
+        fit_text_initialised_head,
+    )
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(100, 512))

@@ -20,14 +20,16 @@ from clip_lora_pipeline.core.embed import (
     encode_images,
 )
 from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.lora import open_clip_state_dict
+from clip_lora_pipeline.core.lora import LoraSettings, open_clip_state_dict, peft_config
 from clip_lora_pipeline.core.manifest import make_manifest
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.models import (
     TINY_MODEL,
     ModelError,
     ModelSpec,
+    PooledTokenBlock,
     autocast,
+    compute_pooled_token_only,
     load_model,
     model_slug,
     resolve_device,
@@ -51,6 +53,54 @@ from tests.conftest import write_image
 def tiny():
     torch.manual_seed(0)
     return load_model(ModelSpec(TINY_MODEL))
+
+
+def _lora_image_gradients(model, images):
+    from peft import get_peft_model
+
+    torch.manual_seed(0)  # the same LoRA initialisation for both models
+    peft_model = get_peft_model(model, peft_config(model, LoraSettings(dropout=0.0)))
+    clip = peft_model.base_model.model
+    with torch.no_grad():  # B starts at zero; nonzero B gives A gradients to compare too
+        for name, param in clip.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    clip.train()
+    features = clip.encode_image(images)
+    features.square().sum().backward()
+    grads = {n: p.grad for n, p in clip.named_parameters() if p.grad is not None}
+    return features.detach(), grads
+
+
+def test_last_vision_block_computes_the_class_token_alone_with_the_same_results():
+    plain = load_model(ModelSpec(TINY_MODEL), pooled_token_only=False).model
+    pooled = load_model(ModelSpec(TINY_MODEL)).model
+    assert type(plain.visual.transformer.resblocks[-1]) is open_clip.transformer.ResidualAttentionBlock
+    assert isinstance(pooled.visual.transformer.resblocks[-1], PooledTokenBlock)
+    assert list(plain.state_dict()) == list(pooled.state_dict())
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(pooled.encode_image(images), plain.encode_image(images),
+                                   atol=1e-5, rtol=1e-5)
+    # LoRA training sees the same features and the same gradients
+    plain_features, plain_grads = _lora_image_gradients(plain, images)
+    pooled_features, pooled_grads = _lora_image_gradients(pooled, images)
+    torch.testing.assert_close(pooled_features, plain_features, atol=1e-5, rtol=1e-5)
+    assert pooled_grads.keys() == plain_grads.keys()
+    assert {n.split(".")[0] for n in plain_grads} == {"visual"}
+    assert all(g.abs().max() > 0 for g in plain_grads.values())
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(pooled_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_towers_that_read_other_tokens_keep_their_last_block():
+    model = load_model(ModelSpec(TINY_MODEL), pooled_token_only=False).model
+    model.visual.output_tokens = True
+    assert not compute_pooled_token_only(model)
+    model.visual.output_tokens, model.visual.pool_type = False, "avg"
+    assert not compute_pooled_token_only(model)
+    model.visual.pool_type = "tok"
+    assert compute_pooled_token_only(model)
 
 
 def test_unknown_model_suggests_close_names():
