@@ -83,3 +83,5 @@ def test_text_init_head_names_a_prompt_set_that_exists():
     with pytest.raises(ValueError, match=r"'text_init_head.prompt_set' is 'fancy'.*"
                                          r"\['simple', 'ensemble'\].*enabled: false"):
         project_config.text_init_head_prompt_set(params)
+    with pytest.raises(ValueError, match=r"'text_init_head' must map settings"):
+        project_config.text_init_head_prompt_set({**HEAD_PARAMS, "text_init_head": True})

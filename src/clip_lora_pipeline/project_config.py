@@ -17,6 +17,9 @@ from kedro.config import AbstractConfigLoader, OmegaConfigLoader
 
 _active_loader: AbstractConfigLoader | None = None
 
+# Linear classifiers on cached embeddings, named as the reports and predict name them.
+PROBE_METHODS = ("linear_probe", "text_init_head")
+
 
 def use_config_loader(loader: AbstractConfigLoader) -> None:
     global _active_loader  # noqa: PLW0603
@@ -80,14 +83,16 @@ def adaptation_method_names(params: dict[str, Any]) -> list[str]:
     return names
 
 
-PROBE_METHODS = ("linear_probe", "text_init_head")
-
-
 def text_init_head_prompt_set(params: dict[str, Any]) -> str | None:
     """The prompt set whose text classifier starts the text-initialised head, or None when
     the head is off (``text_init_head.enabled: false``, or no ``text_init_head`` entry)."""
     head = params.get("text_init_head")
-    if not head or not head.get("enabled", True):
+    if head is None:
+        return None
+    if not isinstance(head, dict):
+        raise ValueError(f"parameter 'text_init_head' must map settings (enabled, prompt_set, "
+                         f"...) to values; got {head!r}. See conf/base/parameters_linear_probe.yml.")
+    if not head.get("enabled", True):
         return None
     prompt_sets = prompt_set_names(params)
     prompt_set = head.get("prompt_set")
