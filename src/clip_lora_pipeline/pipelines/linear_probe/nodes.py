@@ -39,9 +39,8 @@ def linear_probe(
     grid = np.logspace(params.get("c_min_log10", -3), params.get("c_max_log10", 3),
                        params.get("c_steps", 13))
     probe = fit_linear_probe(
-        embeddings_matrix(train_embeddings), train_embeddings["label"].to_numpy(),
-        embeddings_matrix(val_embeddings), val_embeddings["label"].to_numpy(),
-        n_classes=len(classes), c_grid=tuple(grid), max_iter=params.get("max_iter", 1000),
+        *_features_and_labels(train_embeddings, val_embeddings), n_classes=len(classes),
+        c_grid=tuple(grid), max_iter=params.get("max_iter", 1000),
     )
     return _evaluated(probe, "linear_probe", test_embeddings, classes, shots, memory)
 
@@ -61,8 +60,7 @@ def text_initialised_head(
     grid = np.logspace(params.get("strength_min_log10", -5), params.get("strength_max_log10", 2),
                        params.get("strength_steps", 8))
     probe = fit_text_initialised_head(
-        embeddings_matrix(train_embeddings), train_embeddings["label"].to_numpy(),
-        embeddings_matrix(val_embeddings), val_embeddings["label"].to_numpy(),
+        *_features_and_labels(train_embeddings, val_embeddings),
         embeddings_matrix(classifier.sort_values("label")),
         float(classifier["logit_scale"].iloc[0]),
         strength_grid=tuple(grid), max_iter=params.get("max_iter", 100),
@@ -70,6 +68,12 @@ def text_initialised_head(
     outputs = _evaluated(probe, "text_init_head", test_embeddings, classes, shots, memory)
     outputs[1]["prompt_set"] = params.get("prompt_set")
     return outputs
+
+
+def _features_and_labels(*tables: pd.DataFrame) -> list[np.ndarray]:
+    """Per table: its embeddings matrix, then its labels."""
+    return [array for table in tables
+            for array in (embeddings_matrix(table), table["label"].to_numpy())]
 
 
 def _evaluated(probe: LinearProbe, method: str, test_embeddings: pd.DataFrame,
