@@ -43,8 +43,7 @@ class ProjectHooks:
 
     def _where(self, dataset_name: str) -> str:
         if self._catalog is not None and dataset_name in self._catalog:
-            described = self._catalog[dataset_name]._describe()
-            return f"{dataset_name} ({described.get('filepath', 'in memory')})"
+            return f"{dataset_name} ({_filepath(self._catalog, dataset_name) or 'in memory'})"
         return dataset_name
 
 

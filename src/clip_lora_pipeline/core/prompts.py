@@ -85,11 +85,6 @@ def end_of_text_lengths(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     return eot + 1
 
 
-def trimmed_length(model: torch.nn.Module, tokens: torch.Tensor) -> int:
-    """Tokens up to and including the last end-of-text position in the batch."""
-    return int(end_of_text_lengths(model, tokens).max())
-
-
 # A group of prompts costs a pass of the tower's kernels on top of its tokens, and small
 # groups run inefficient matmuls: count it as this many tokens. Set from LoRA training
 # steps on CPU (benchmarks/lora_throughput.py): at 16, ten class names were split 9 + 1
