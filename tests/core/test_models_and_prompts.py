@@ -332,6 +332,42 @@ def test_threaded_batches_equal_the_dataloaders_in_order(tiny, tmp_path):
     plain = image_loader(manifest, tmp_path, tiny.preprocess, cpu, batch_size=4,
                          num_workers=1)
     assert isinstance(threaded, ThreadedBatches) and len(threaded) == 3
+    assert threaded.split is not None  # to-tensor and normalise run once per batch
     pairs = list(zip(threaded, plain, strict=True))
     for (images, labels), (expected_images, expected_labels) in pairs:
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
+def test_batched_to_tensor_and_normalise_are_bit_identical_to_per_image(resize_mode, tmp_path):
+    from clip_lora_pipeline.core.embed import ThreadedBatches, ManifestImages
+
+    transform = open_clip.image_transform(32, is_train=False, resize_mode=resize_mode)
+    paths = []
+    for i, (size, mode) in enumerate([((40, 25), "RGB"), ((21, 50), "L"), ((33, 33), "RGBA"),
+                                      ((64, 17), "P")]):
+        paths.append(f"{i}.png")
+        write_image(tmp_path / paths[-1], size=size, mode=mode, seed=i)
+    dataset = ManifestImages(make_manifest(paths, [0, 1, 0, 1], ["a", "b"]), tmp_path, transform)
+    batches = ThreadedBatches(dataset, batch_size=3, threads=2)
+    assert batches.split is not None
+    images = torch.cat([images for images, _ in batches])
+    expected = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    assert images.dtype == expected.dtype and images.is_contiguous()
+    assert torch.equal(images, expected)
+
+
+def test_other_transforms_run_per_image_unchanged(tmp_path):
+    from torchvision import transforms as T
+
+    from clip_lora_pipeline.core.embed import ManifestImages, ThreadedBatches, split_batch_tail
+
+    assert split_batch_tail(open_clip.image_transform(32, is_train=True)) is None
+    custom = T.Compose([T.Resize(32), T.CenterCrop(32), T.Grayscale(3), T.ToTensor(),
+                        T.Normalize([0.5] * 3, [0.25] * 3)])
+    assert split_batch_tail(custom) is None
+    assert split_batch_tail(lambda image: image) is None
+    write_image(tmp_path / "a.png", size=(40, 30))
+    dataset = ManifestImages(make_manifest(["a.png"], [0], ["a"]), tmp_path, custom)
+    (images, _), = ThreadedBatches(dataset, batch_size=2, threads=2)
+    assert torch.equal(images[0], dataset[0][0])

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from open_clip.transform import CenterCropOrPad, MaybeConvertMode, ResizeKeepRatio
+from torchvision import transforms as T
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -52,28 +54,83 @@ class ManifestImages(Dataset):
         return self.transform(load_rgb(self.paths[index])), self.labels[index]
 
 
+_PIL_STEPS = (T.Resize, T.CenterCrop, ResizeKeepRatio, CenterCropOrPad)
+
+
+class BatchToTensorNormalize:
+    """torchvision's ``ToTensor`` then ``Normalize``, for a batch of H x W x 3 uint8
+    images: the same operations in the same order, so the result is bit-identical."""
+
+    def __init__(self, normalize: T.Normalize):
+        self.mean, self.std = normalize.mean, normalize.std
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        batch = images.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        mean = torch.as_tensor(self.mean, dtype=batch.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=batch.dtype).view(-1, 1, 1)
+        return batch.sub_(mean).div_(std)
+
+
+def split_batch_tail(transform: Callable) -> tuple[Callable, BatchToTensorNormalize] | None:
+    """open_clip's evaluation preprocessing as per-image PIL steps (resize, crop, RGB)
+    and one batch step (to-tensor and normalise).
+
+    Done per image, the last two steps cost about 0.6 ms of a ViT-B/32 image's 2.5 ms
+    of decoding on this CPU; once per batch they run vectorised on every core. Returns
+    None for any other transform (augmentations, custom callables): it then runs per
+    image, unchanged.
+    """
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, T.Compose) or len(steps) < 2:
+        return None
+    *head, to_tensor, normalize = steps
+    if not isinstance(to_tensor, T.ToTensor) or type(normalize) is not T.Normalize \
+            or any(float(s) == 0 for s in normalize.std):
+        return None
+    for step in head:
+        rgb = isinstance(step, MaybeConvertMode) and step.mode == "RGB"
+        if not (rgb or type(step) in _PIL_STEPS):
+            return None
+    return T.Compose(head), BatchToTensorNormalize(normalize)
+
+
 class ThreadedBatches:
     """Batches decoded by a pool of threads in this process, in order.
 
     On a CPU the model needs every core while it runs, so worker processes only take
     cores from it; but with no workers at all a batch is decoded on one core while the
     others wait. Here the two take turns: each batch is decoded and preprocessed on all
-    cores (PIL and torch release the GIL), then encoded. Memory: one batch.
+    cores (PIL and torch release the GIL), then encoded. Where the preprocessing is
+    open_clip's, its to-tensor and normalise steps run once per batch
+    (``split_batch_tail``). Memory: one batch.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, threads: int):
+    def __init__(self, dataset: ManifestImages, batch_size: int, threads: int):
         self.dataset, self.batch_size, self.threads = dataset, batch_size, threads
+        self.split = split_batch_tail(dataset.transform)
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
+
+    def _image(self, index: int) -> torch.Tensor | np.ndarray:
+        if self.split is None:
+            return self.dataset[index][0]
+        image = np.asarray(self.split[0](load_rgb(self.dataset.paths[index])))
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{self.dataset.paths[index]}: preprocessing gave a "
+                             f"{image.dtype} array of shape {image.shape}, not RGB.")
+        return image
 
     def __iter__(self):
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             for start in range(0, len(self.dataset), self.batch_size):
                 stop = min(start + self.batch_size, len(self.dataset))
-                items = list(pool.map(self.dataset.__getitem__, range(start, stop)))
-                yield (torch.stack([image for image, _ in items]),
-                       torch.as_tensor(np.array([label for _, label in items])))
+                images = list(pool.map(self._image, range(start, stop)))
+                if self.split is None:
+                    batch = torch.stack(images)
+                else:
+                    batch = self.split[1](torch.from_numpy(np.stack(images)))
+                yield batch, torch.tensor(self.dataset.labels[start:stop])
 
 
 def image_loader(
