@@ -340,7 +340,7 @@ def test_threaded_batches_equal_the_dataloaders_in_order(tiny, tmp_path):
 
 @pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
 def test_batched_to_tensor_and_normalise_are_bit_identical_to_per_image(resize_mode, tmp_path):
-    from clip_lora_pipeline.core.embed import ThreadedBatches, ManifestImages
+    from clip_lora_pipeline.core.embed import ManifestImages, ThreadedBatches
 
     transform = open_clip.image_transform(32, is_train=False, resize_mode=resize_mode)
     paths = []
@@ -360,7 +360,11 @@ def test_batched_to_tensor_and_normalise_are_bit_identical_to_per_image(resize_m
 def test_other_transforms_run_per_image_unchanged(tmp_path):
     from torchvision import transforms as T
 
-    from clip_lora_pipeline.core.embed import ManifestImages, ThreadedBatches, split_batch_tail
+    from clip_lora_pipeline.core.embed import (
+        ManifestImages,
+        ThreadedBatches,
+        split_batch_tail,
+    )
 
     assert split_batch_tail(open_clip.image_transform(32, is_train=True)) is None
     custom = T.Compose([T.Resize(32), T.CenterCrop(32), T.Grayscale(3), T.ToTensor(),

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from open_clip.transform import CenterCropOrPad, MaybeConvertMode, ResizeKeepRatio
-from torchvision import transforms as T
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.images import load_rgb
