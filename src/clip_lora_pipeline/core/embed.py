@@ -85,10 +85,9 @@ def split_batch_tail(transform: Callable) -> tuple[Callable, BatchToTensorNormal
     2.04 ms per photo on 2 cores, benchmarks/README.md). Returns None for any other
     transform (augmentations, custom callables): it then runs per image, unchanged.
     """
-    steps = getattr(transform, "transforms", None)
-    if not isinstance(transform, T.Compose) or len(steps) < 2:
+    if not isinstance(transform, T.Compose) or len(transform.transforms) < 2:
         return None
-    *head, to_tensor, normalize = steps
+    *head, to_tensor, normalize = transform.transforms
     if type(to_tensor) not in (T.ToTensor, MaybeToTensor) or type(normalize) is not T.Normalize \
             or any(float(s) == 0 for s in normalize.std):
         return None
