@@ -1,5 +1,6 @@
-"""Project hooks: stop a run early when an input it needs was never made, and say
-where rejected-image tables and the report were written."""
+"""Project hooks: stop a run early when an input it needs was never made, save the
+rejected-images table of a validation that stops the run, and say where rejected-image
+tables and the report were written."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class ProjectHooks:
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
-        if dataset_name == "report":
+        if dataset_name.rsplit(".", 1)[-1] == "report":  # <cell>.report
             logger.info("Report written: %s", self._where(dataset_name))
             return
         if not dataset_name.endswith("rejected_images") or data is None or not len(data):
@@ -41,10 +42,36 @@ class ProjectHooks:
         logger.warning("%d rejected image(s) are listed in %s", len(data),
                        self._where(dataset_name))
 
+    @hook_impl
+    def on_node_error(self, error: Exception, node, catalog) -> None:
+        # Nodes write no files, so a validation that stops the run (BadImagesError)
+        # carries its rejected-images table; saving it here lets the user read why each
+        # file was refused. Kedro then raises the node's error as usual.
+        rejected = getattr(error, "rejected", None)
+        if rejected is None:
+            return
+        for name in node.outputs:
+            if name.rsplit(".", 1)[-1] == "rejected_images" and name in catalog:
+                self._save_rejected(catalog, name, rejected)
+
+    def _save_rejected(self, catalog, name: str, rejected: Any) -> None:
+        try:
+            catalog.save(name, rejected)
+        except Exception as exc:  # a failed save must not hide the node's own error
+            logger.error("Could not save the rejected-images table to %s: %s",
+                         _where(catalog, name), exc)
+            return
+        logger.error("The run stops in validation; %d rejected image(s) are listed in %s",
+                     len(rejected), _where(catalog, name))
+
     def _where(self, dataset_name: str) -> str:
-        if self._catalog is not None and dataset_name in self._catalog:
-            return f"{dataset_name} ({_filepath(self._catalog, dataset_name) or 'in memory'})"
-        return dataset_name
+        return _where(self._catalog, dataset_name)
+
+
+def _where(catalog, dataset_name: str) -> str:
+    if catalog is not None and dataset_name in catalog:
+        return f"{dataset_name} ({_filepath(catalog, dataset_name) or 'in memory'})"
+    return dataset_name
 
 
 class MissingInputsError(RuntimeError):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
@@ -18,17 +20,62 @@ ON_BAD_IMAGE = ("skip", "fail")
 
 
 class BadImagesError(ValueError):
-    """Validation found unreadable images and ``on_bad_image`` is 'fail'."""
+    """Validation stops the run: files were rejected and ``on_bad_image`` is 'fail', or
+    a class has no readable image left.
+
+    ``rejected`` is the rejected-images table: nodes write no files, so a project hook
+    (``ProjectHooks.on_node_error``) saves it before the run stops.
+    """
+
+    def __init__(self, message: str, rejected: pd.DataFrame | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
+def _depth_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:
+    """The values that become black and white in 8 bits.
+
+    16-bit modes use the type's range (0..65535), so a dark photo stays dark. Mode I
+    (32-bit int: 16-bit PGM, signed TIFF) and F (float TIFF) declare no range: values
+    within 0..255 (I) or 0..1 (F) keep that range, larger ones the 16-bit range if they
+    fit it, else the image's own maximum; negative values stretch min..max.
+    """
+    if mode.startswith("I;16"):
+        return 0.0, 65535.0
+    finite = pixels[np.isfinite(pixels)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if low < 0:
+        return low, max(high, low + 1.0)
+    for top in (1.0,) if mode == "F" else (255.0, 65535.0):
+        if high <= top:
+            return 0.0, top
+    return 0.0, high
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Scale a high-bit-depth single-channel image to 8-bit greyscale (mode L).
+
+    PIL's own convert() clips these modes at 255 instead of scaling, which turns a
+    full-range 16-bit image almost white.
+    """
+    pixels = np.asarray(image, dtype=np.float32)
+    low, high = _depth_range(image.mode, pixels)
+    scaled = np.rint((pixels - low) * (255.0 / (high - low)))
+    return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB; transparency is composited onto white.
 
     Dropping alpha instead would turn transparent pixels into whatever colour they
-    happen to store, often black.
+    happen to store, often black. 16-bit, 32-bit and float greyscale are scaled to
+    8 bits (see ``_depth_range``); PIL itself already reduces 16-bit RGB(A) and
+    grey+alpha PNGs and TIFFs to 8 bits per channel when it opens them.
     """
     if image.mode == "RGB":
         return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -44,6 +91,34 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return to_rgb(image)
+
+
+# PIL raises UnidentifiedImageError both for a file that is no image and for a known
+# format whose header it cannot parse (a JPEG or PNG signature followed by garbage);
+# the signature tells the corrupt image apart from the non-image.
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF",
+    b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}
+
+
+def sniff_format(path: Path) -> str | None:
+    """The image format ``path``'s first bytes announce, or None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:  # gone or unreadable since PIL opened it: no signature to go by
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for sig, name in _SIGNATURES.items() if head.startswith(sig)), None)
+
+
+def _unidentified_reason(path: Path) -> str:
+    fmt = sniff_format(path)
+    if fmt is None:
+        return "not an image file (unrecognised format)"
+    return f"truncated or corrupt image: starts like a {fmt} file but cannot be decoded"
 
 
 @dataclass(frozen=True)
@@ -66,7 +141,7 @@ def check_image(path: Path) -> ImageCheck:
     except FileNotFoundError:
         return ImageCheck(None, None, None, "file not found")
     except UnidentifiedImageError:
-        return ImageCheck(None, None, None, "not an image file (unrecognised format)")
+        return ImageCheck(None, None, None, _unidentified_reason(path))
     except Image.DecompressionBombError as exc:
         return ImageCheck(None, None, None, f"too large to decode safely: {exc}")
     except (OSError, SyntaxError, ValueError) as exc:
@@ -99,7 +174,8 @@ def validate_images(
 
     Returns the manifest of good images (with width, height and original mode) and
     a table of rejected files with their reason. With ``on_bad_image='fail'`` any
-    rejection raises, listing the first few files.
+    rejection raises, listing the first few files; a class left without a readable
+    image always raises. Both errors carry the rejected table (``BadImagesError.rejected``).
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise ValueError(
@@ -111,22 +187,55 @@ def validate_images(
     rejected = manifest.loc[bad, ["path", "class_name"]].assign(reason=reasons[bad])
     rejected = rejected.reset_index(drop=True)
     if bad.any() and on_bad_image == "fail":
-        listing = "\n".join(
-            f"  {root / row.path}: {row.reason}" for row in rejected.head(10).itertuples()
-        )
         raise BadImagesError(
             f"{int(bad.sum())} of {len(manifest)} images under {root} cannot be used:\n"
-            f"{listing}\nFix or remove them, or set validation.on_bad_image: skip to "
-            "exclude them and list them in the rejected-images table."
+            f"{_listing(rejected, root)}\nFix or remove them, or set validation.on_bad_image: "
+            "skip to exclude them and list them in the rejected-images table.",
+            rejected,
         )
     lost = sorted(set(manifest["class_name"]) - set(manifest.loc[~bad, "class_name"]))
     if lost:
-        raise BadImagesError(
-            f"classes {lost[:10]} under {root} have no readable image left; see the "
-            "rejected-images table for why. Fix their files or remove those classes."
-        )
+        raise BadImagesError(_lost_classes_message(manifest, rejected, root, lost), rejected)
     good = manifest.loc[~bad].copy()
     good["width"] = pd.array([c.width for c, b in zip(checks, bad) if not b], dtype="int64")
     good["height"] = pd.array([c.height for c, b in zip(checks, bad) if not b], dtype="int64")
     good["mode"] = pd.array([c.mode for c, b in zip(checks, bad) if not b], dtype="string")
     return good.reset_index(drop=True), rejected
+
+
+def _listing(rejected: pd.DataFrame, root: Path, limit: int = 10) -> str:
+    lines = [f"  {root / row.path}: {row.reason}" for row in rejected.head(limit).itertuples()]
+    if len(rejected) > limit:
+        lines.append(f"  ... and {len(rejected) - limit} more")
+    return "\n".join(lines)
+
+
+def class_folders(manifest: pd.DataFrame, root: Path, class_name: str) -> list[Path]:
+    """The folders on disk that hold a class's files: per source split, the deepest
+    folder containing all of them (the class folder of an image_folder dataset)."""
+    rows = manifest[manifest["class_name"] == class_name]
+    groups = rows.groupby(rows["source_split"].fillna(""), sort=True)["path"]
+    return [
+        root / posixpath.commonpath([posixpath.dirname(p) for p in paths])
+        for _, paths in groups
+    ]
+
+
+def _lost_classes_message(
+    manifest: pd.DataFrame, rejected: pd.DataFrame, root: Path, lost: list[str]
+) -> str:
+    # Name the folders as they are on disk: the readable class name ("golden retriever")
+    # is not what the user has to look for.
+    where = [
+        f"  {', '.join(map(str, class_folders(manifest, root, name)))} (class {name!r}): "
+        f"{int((rejected['class_name'] == name).sum())} file(s), none readable"
+        for name in lost[:10]
+    ] + ([f"  ... and {len(lost) - 10} more classes"] if len(lost) > 10 else [])
+    files = rejected[rejected["class_name"].isin(lost)]
+    return (
+        f"{len(lost)} class(es) under {root} have no readable image left:\n"
+        + "\n".join(where) + f"\nTheir files:\n{_listing(files, root)}\n"
+        "Fix or replace those files, or remove the class (for an image_folder dataset, "
+        "add its folder to options.exclude). The rejected-images table lists every file "
+        "and its reason."
+    )
