@@ -105,6 +105,26 @@ def test_too_few_images_for_k_shots_names_class_and_count():
     with pytest.raises(SplitError) as error:
         sample_few_shot(train, 4, seed=0, split="train")
     assert "'class 1' has 3 train image(s), fewer than the 4" in str(error.value)
+    assert "allow_repeats: true" in str(error.value)
+
+
+def test_repeats_fill_up_only_the_short_classes_reproducibly(caplog):
+    train = _images((20, 3, 1))
+    with caplog.at_level("WARNING"):
+        sample = sample_few_shot(train, 8, seed=0, split="train", allow_repeats=True)
+    assert sample["label"].value_counts().to_dict() == {0: 8, 1: 8, 2: 8}
+    counts = sample.groupby("label")["path"]
+    assert counts.nunique().to_dict() == {0: 8, 1: 3, 2: 1}  # a short class: all its images
+    assert set(sample["path"]) <= set(train["path"])
+    assert "class 1': 3" in caplog.text and "class 2': 1" in caplog.text
+    assert "class 0" not in caplog.text
+    again = sample_few_shot(train.iloc[::-1], 8, seed=0, split="train", allow_repeats=True)
+    pd.testing.assert_frame_equal(sample, again)
+    other = sample_few_shot(train, 8, seed=1, split="train", allow_repeats=True)
+    assert not other.equals(sample)
+    # a full class draws what it would without repeats
+    plain = sample_few_shot(train[train["label"] == 0], 8, seed=0, split="train")
+    pd.testing.assert_frame_equal(sample[sample["label"] == 0].reset_index(drop=True), plain)
 
 
 def test_all_shots_keeps_everything():

@@ -1,6 +1,7 @@
 """The trainer on generated shapes with the tiny random model: it learns (for several
-seeds), resumes to the same result after an interruption, checkpoints only what trains,
-and its merged export equals the adapted model.
+seeds), batches like CLIP-LoRA (shuffled epochs, partial last batch), keeps the last or
+the best validated state, resumes to the same result after an interruption, checkpoints
+only what trains, and its merged export equals the adapted model.
 
 The tiny model has random weights, so CLIP-LoRA's defaults (r=2, alpha=1, lr 2e-4, 500
 steps per shot) would barely move it in a test's budget; these tests use r=4, alpha=8,
@@ -17,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from clip_lora_pipeline.core import train as train_module
+from clip_lora_pipeline.core.adapters import build_trainer
+from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
 from clip_lora_pipeline.core.lora import LoraSettings
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
@@ -60,6 +63,30 @@ def _fit(trainer, loaded, shapes, **kwargs):
                        trainer.settings.max_steps, **kwargs)
 
 
+def _assert_close(actual, expected, rtol=1e-5):
+    """Close relative to the values' scale: rounding error grows with the magnitude of
+    what was summed, so an entry near zero gets the tolerance of the largest one."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    np.testing.assert_allclose(actual, expected, rtol=rtol,
+                               atol=rtol * float(np.abs(expected).max()))
+
+
+@contextlib.contextmanager
+def _batch_sizes():
+    """The size of every batch the trainer loads, in order."""
+    real, sizes = train_module._load_images, []
+
+    def load(paths, indices, transform, seed, current):
+        sizes.append(len(indices))
+        return real(paths, indices, transform, seed, current)
+
+    train_module._load_images = load
+    try:
+        yield sizes
+    finally:
+        train_module._load_images = real
+
+
 @contextlib.contextmanager
 def _interrupted_at(step: int):
     """Ctrl-C while step ``step`` loads its batch (after the checkpoint at step 40/20)."""
@@ -90,7 +117,10 @@ def test_lora_learns_for_every_seed(shapes, seed):
     loss = result.history["loss"].to_numpy()
     assert loss[-10:].mean() < 0.5 * loss[:10].mean()
     assert result.best_val_accuracy >= untrained + 0.3
-    assert _val_accuracy(trainer, loaded, shapes) == pytest.approx(result.best_val_accuracy)
+    # the last state is kept (select: last), and it was validated at the final step
+    assert (result.selected, result.selected_step) == ("last", 80)
+    assert _val_accuracy(trainer, loaded, shapes) == pytest.approx(
+        result.history["val_accuracy"].iloc[-1])
     assert result.trainable_parameters == sum(p.numel() for p in trainer.params.values())
     assert result.peak_memory_mb > 0 and result.wall_seconds > 0
 
@@ -180,6 +210,13 @@ def test_settings_are_validated():
     with pytest.raises(TrainingError, match="method"):
         TrainSettings.from_params({"method": "adapter"})
     assert TrainSettings().total_steps(16) == 8000
+    assert (TrainSettings().select, TrainSettings().seed) == ("last", None)
+    with pytest.raises(TrainingError, match="select"):
+        TrainSettings.from_params({"select": "best"})
+    with pytest.raises(TrainingError, match="patience needs select: best_val"):
+        TrainSettings.from_params({"patience": 3})
+    with pytest.raises(TrainingError, match="needs eval_every"):
+        TrainSettings.from_params({"select": "best_val", "eval_every": None})
 
 
 def test_predict_builds_no_autograd_graph_and_matches_batches(shapes):
@@ -193,7 +230,7 @@ def test_predict_builds_no_autograd_graph_and_matches_batches(shapes):
     assert grad_modes and not any(grad_modes)  # memory of one batch, not of the test set
     assert torch.is_grad_enabled() and trainer.model.training
     in_small_batches = trainer.predict(paths, loaded.preprocess, batch_size=5)
-    np.testing.assert_allclose(whole, in_small_batches, atol=1e-5)
+    _assert_close(in_small_batches, whole)
 
 
 def test_vision_only_lora_trains_after_an_evaluation_of_the_untrained_model(shapes):
@@ -205,3 +242,89 @@ def test_vision_only_lora_trains_after_an_evaluation_of_the_untrained_model(shap
     _val_accuracy(trainer, loaded, shapes)
     result = _fit(trainer, loaded, shapes)
     assert result.steps_done == 4
+
+
+@pytest.mark.parametrize(("n", "expected"), [(10, [10, 10, 10, 10]), (47, [32, 15, 32, 15]),
+                                             (64, [32, 32, 32, 32])])
+def test_batches_are_shuffled_epochs_with_a_partial_last_batch(n, expected):
+    batches = EpochBatches(n, batch_size=32, seed=1)
+    steps = [batches.indices(step) for step in range(4)]
+    assert [len(b) for b in steps] == expected
+    first, second = (np.concatenate(steps[k * batches.per_epoch:(k + 1) * batches.per_epoch])
+                     for k in (0, 1))
+    for epoch in (first, second):
+        assert sorted(epoch.tolist()) == list(range(n))  # every image once per epoch
+    assert not np.array_equal(first, second)  # reshuffled
+    np.testing.assert_array_equal(EpochBatches(n, 32, seed=1).indices(3), steps[3])
+
+
+def test_trainer_steps_on_partial_batches(shapes):
+    trainer, loaded = _trainer(shapes, max_steps=4, batch_size=32, eval_every=None)
+    paths, labels = shapes["train"]
+    with _batch_sizes() as sizes:
+        result = trainer.fit(paths[:47], labels[:47], *shapes["val"], loaded.preprocess, 4)
+    assert sizes == [32, 15, 32, 15] and result.steps_done == 4
+    assert result.history["val_accuracy"].isna().all()  # eval_every: None never validates
+    trainer, loaded = _trainer(shapes, max_steps=2, batch_size=32, eval_every=None)
+    with _batch_sizes() as sizes:
+        trainer.fit(paths[:10], labels[:10], *shapes["val"], loaded.preprocess, 2)
+    assert sizes == [10, 10]
+
+
+def test_micro_batches_of_a_partial_batch_give_the_full_batch_gradient(shapes):
+    assert micro_batches(10, 4) == [(slice(0, 4), 0.4), (slice(4, 8), 0.4), (slice(8, 10), 0.2)]
+    no_dropout = LoraSettings(r=4, alpha=8, dropout=0.0)
+    grads = []
+    for accumulation in (1, 4):  # micro-batches of 4: 4 + 4 + 2 of the 10 images
+        trainer, loaded = _trainer(shapes, lora=no_dropout, max_steps=1, batch_size=16,
+                                   grad_accumulation=accumulation, eval_every=None)
+        paths, labels = shapes["train"]
+        trainer.fit(paths[:10], labels[:10], *shapes["val"], loaded.preprocess, 1)
+        grads.append({n: p.grad.clone() for n, p in trainer.params.items()})
+    assert any(g.abs().max() > 0 for g in grads[0].values())
+    for name, grad in grads[0].items():
+        _assert_close(grads[1][name], grad, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("select", "saved"), [("last", "trainable"), ("best_val", "best")])
+def test_select_keeps_the_last_or_the_best_validated_state(shapes, tmp_path, select, saved):
+    trainer, loaded = _trainer(shapes, max_steps=20, eval_every=5, select=select)
+    result = _fit(trainer, loaded, shapes, checkpoint_dir=tmp_path)
+    kept = load_file(str(tmp_path / "last" / f"{saved}.safetensors"))
+    for name, value in trainer.adapter_state().items():
+        torch.testing.assert_close(value, kept[name], rtol=0, atol=0)
+    assert result.selected == select
+    if select == "best_val":
+        assert result.selected_step == result.best_step
+        assert _val_accuracy(trainer, loaded, shapes) == pytest.approx(result.best_val_accuracy)
+    else:
+        assert result.selected_step == result.steps_done == 20
+
+
+def test_seed_none_takes_the_few_shot_seed_and_an_explicit_seed_wins(shapes):
+    runtime = {"device": "cpu", "precision": "fp32"}
+    method = {"method": "lora", "lora": {"r": 4}}
+    trainer, _ = build_trainer({"name": TINY_MODEL}, runtime, shapes["names"], method, seed=7)
+    assert trainer.settings.seed == 7
+    again, _ = build_trainer({"name": TINY_MODEL}, runtime, shapes["names"], method, seed=7)
+    for name, value in trainer.adapter_state().items():  # LoRA's initialisation follows it
+        torch.testing.assert_close(again.adapter_state()[name], value, rtol=0, atol=0)
+    explicit, _ = build_trainer({"name": TINY_MODEL}, runtime, shapes["names"],
+                                {**method, "seed": 3}, seed=7)
+    assert explicit.settings.seed == 3
+    loaded = load_model(ModelSpec(TINY_MODEL))
+    with pytest.raises(TrainingError, match="pass that seed to build_trainer"):
+        Trainer(loaded.model, loaded.tokenizer, shapes["names"], TrainSettings(), CPU,
+                torch.float32)
+
+
+@pytest.mark.parametrize(("dtype", "scaled"), [(torch.float16, True), (torch.bfloat16, False)])
+def test_half_precisions_train_and_only_fp16_scales_the_loss(shapes, dtype, scaled):
+    # CLIP-LoRA trains under fp16 autocast with a GradScaler; bf16 has fp32's range.
+    loaded = load_model(ModelSpec(TINY_MODEL))
+    settings = TrainSettings(lr=5e-3, max_steps=2, batch_size=8, eval_every=None, seed=1)
+    trainer = Trainer(loaded.model, loaded.tokenizer, shapes["names"], settings, CPU, dtype,
+                      lora=FAST_LORA, image_size=32)
+    assert trainer.scaler.is_enabled() == scaled
+    result = _fit(trainer, loaded, shapes)
+    assert result.steps_done == 2 and np.isfinite(result.history["loss"]).all()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,12 +29,18 @@ def method_settings(method: dict[str, Any]) -> tuple[TrainSettings, LoraSettings
 
 def build_trainer(
     model_params: dict[str, Any], runtime: dict[str, Any], class_names: list[str],
-    method: dict[str, Any],
+    method: dict[str, Any], seed: int,
 ) -> tuple[Trainer, LoadedModel]:
-    """A trainer on a freshly loaded model (training changes the model in place)."""
+    """A trainer on a freshly loaded model (training changes the model in place).
+
+    ``seed``: the few-shot seed; it seeds training too unless the method sets its own
+    ``seed`` (CLIP-LoRA draws the sample and trains from one seed).
+    """
     device = resolve_device(runtime.get("device", "auto"))
     loaded = load_model(ModelSpec.from_params(model_params), device)
     settings, lora, bitfit = method_settings(method)
+    if settings.seed is None:
+        settings = replace(settings, seed=seed)
     cfg = loaded.model.visual.preprocess_cfg
     trainer = Trainer(
         loaded.model, loaded.tokenizer, class_names, settings, device,
@@ -54,7 +61,9 @@ def restore_trainer(
             f"the adapter was trained on {config['model']}, but the model parameters now "
             f"name {model_params}; re-run training for this model."
         )
-    trainer, loaded = build_trainer(model_params, runtime, config["classes"], config["method"])
+    # The seed only draws LoRA's initialisation, which the saved tensors replace.
+    trainer, loaded = build_trainer(model_params, runtime, config["classes"], config["method"],
+                                    seed=0)
     with torch.no_grad():
         for name, param in trainer.params.items():
             param.copy_(adapter["tensors"][name])

@@ -20,7 +20,12 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from clip_lora_pipeline.core.lora import unfuse_attention
-from clip_lora_pipeline.core.model_id import ModelError, ModelSpec, model_slug
+from clip_lora_pipeline.core.model_id import (
+    ModelError,
+    ModelSpec,
+    model_slug,
+    uses_quick_gelu,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +114,11 @@ def _check_spec(spec: ModelSpec) -> None:
         hint = f" Close names: {close}." if close else ""
         raise ModelError(
             f"Unknown open_clip model {spec.name!r}.{hint} open_clip.list_models() lists all."
+        )
+    if spec.quick_gelu is False and open_clip.get_model_config(spec.name).get("quick_gelu"):
+        raise ModelError(
+            f"model.quick_gelu is false, but {spec.name} is built with QuickGELU by its own "
+            "config; use the name without '-quickgelu', or set model.quick_gelu to null."
         )
     if spec.checkpoint:
         model_slug(spec)  # raises with a clear message when the file is missing
@@ -211,6 +221,12 @@ def load_model(
     (the default) the vision tower's last block computes the class token alone
     (``PooledTokenBlock``): image embeddings are unchanged; the tower's per-token
     outputs of that block (``output_tokens``, ``forward_intermediates``) are not there.
+
+    The MLPs use QuickGELU where ``uses_quick_gelu(spec)`` says so: open_clip builds
+    ``ViT-B-16`` with nn.GELU even for OpenAI's weights, trained with QuickGELU, and
+    only warns. ``force_quick_gelu`` rather than the ``-quickgelu`` model name: it works
+    for every architecture (the tiny test model has no such name) and keeps the name,
+    its tags and its tokenizer as configured.
     """
     _check_spec(spec)
     check_weights_reachable(spec)
@@ -224,7 +240,8 @@ def load_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.name, pretrained=weights, device=device
+                spec.name, pretrained=weights, device=device,
+                force_quick_gelu=uses_quick_gelu(spec),
             )
     except (RuntimeError, OSError, ConnectionError) as exc:
         if spec.checkpoint:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from clip_lora_pipeline.core.manifest import SPLITS
+
+logger = logging.getLogger(__name__)
 
 
 class SplitError(ValueError):
@@ -104,22 +108,48 @@ def split_dataset(
     }
 
 
-def sample_few_shot(frame: pd.DataFrame, shots: int | None, seed: int, split: str) -> pd.DataFrame:
-    """Take ``shots`` images of every class (all of them when ``shots`` is None)."""
+def _filled_up(group: pd.DataFrame, shots: int, seed: int, label: int) -> pd.DataFrame:
+    """Every image of a short class once, plus ``shots - len(group)`` drawn with
+    replacement. CoOp and CLIP-LoRA draw all ``shots`` with replacement
+    (random.choices), which can leave some of the few images out; here each is used."""
+    ordered = group.sort_values("path", ignore_index=True)  # independent of row order
+    rng = np.random.default_rng([seed, label])
+    extra = rng.integers(0, len(ordered), shots - len(ordered))
+    return pd.concat([ordered, ordered.iloc[extra]])
+
+
+def sample_few_shot(frame: pd.DataFrame, shots: int | None, seed: int, split: str,
+                    allow_repeats: bool = False) -> pd.DataFrame:
+    """Take ``shots`` images of every class (all of them when ``shots`` is None).
+
+    A class with fewer images is an error, or with ``allow_repeats`` is filled up to
+    ``shots`` by repeating its images (drawn with replacement), as CLIP-LoRA does
+    (Dassl's generate_fewshot_dataset with repeat=True); the repeated rows stay in the
+    table, one row per draw, and get their own augmentations in training.
+    """
     if shots is None:
         return frame.sort_values("path", ignore_index=True)
     if shots < 1:
         raise SplitError(f"shots must be a positive integer or null, got {shots}.")
-    picked = []
+    picked, short = [], {}
     for label, group in frame.groupby("label", sort=True):
-        if len(group) < shots:
+        name = group["class_name"].iloc[0]
+        if len(group) >= shots:
+            picked.append(_shuffled(group, seed, int(label)).iloc[:shots])
+        elif allow_repeats:
+            picked.append(_filled_up(group, shots, seed, int(label)))
+            short[name] = len(group)
+        else:
             raise SplitError(
-                f"class '{group['class_name'].iloc[0]}' has {len(group)} {split} image(s), "
-                f"fewer than the {shots} asked for. Lower few_shot.shots (or val_shots), "
-                "or add images to that class."
+                f"class '{name}' has {len(group)} {split} image(s), fewer than the {shots} "
+                "asked for. Lower few_shot.shots (or val_shots), add images to that class, "
+                "or set allow_repeats: true to repeat its images up to the shots."
             )
-        picked.append(_shuffled(group, seed, int(label)).iloc[:shots])
-    return pd.concat(picked).sort_values("path", ignore_index=True)
+    if short:
+        logger.warning("%d %s class(es) have fewer than %d images and repeat some to reach "
+                       "it (class: images): %s", len(short), split, shots, short)
+    # A stable sort keeps a file's repeats next to each other in the same order.
+    return pd.concat(picked).sort_values("path", ignore_index=True, kind="stable")
 
 
 def check_classes_present(frame: pd.DataFrame, class_names: list[str], split: str) -> None:

@@ -2,6 +2,7 @@
 
 The trainer is deterministic on CPU for a seed, checkpoints only what trains (atomically,
 every N steps) and resumes an interrupted run to the same result as an uninterrupted one.
+Batches come from ``core.batches`` (shuffled epochs, partial last batch).
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import copy
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,11 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from clip_lora_pipeline.core import checkpoints
+from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
 from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.lora import (
     BitFitSettings,
@@ -45,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("lora", "bitfit")
 HEADS = ("text", "linear")
+SELECTS = ("last", "best_val")
 LOGIT_SCALE = 100.0  # CLIP-LoRA: logits = 100 * cosine
 
 
@@ -55,7 +55,10 @@ class TrainingError(ValueError):
 @dataclass(frozen=True)
 class TrainSettings:
     """Defaults follow CLIP-LoRA: AdamW 2e-4, wd 1e-2, cosine to 1e-6, 500 x shots
-    iterations at batch 32, RandomResizedCrop(scale 0.08-1, bicubic) + flip."""
+    optimizer steps at batch 32 (shuffled epochs, partial last batch), RandomResizedCrop
+    (scale 0.08-1, bicubic) + flip, and the last state kept (``select: last``; CLIP-LoRA
+    never validates). ``seed`` None: the seed ``build_trainer`` is given (the few-shot
+    seed), so one seed drives both the sample and the training."""
 
     method: str = "lora"
     head: str = "text"
@@ -68,11 +71,29 @@ class TrainSettings:
     max_steps: int | None = None  # overrides iterations_per_shot x shots
     batch_size: int = 32
     grad_accumulation: int = 1
-    eval_every: int = 50
+    eval_every: int | None = 50  # validation every N steps (curves); None = never
     patience: int | None = None  # evaluations without improvement before stopping
     checkpoint_every: int = 50
-    seed: int = 1
+    seed: int | None = None
+    select: str = "last"  # last: the final state; best_val: the best validated state
     crop_scale: tuple[float, float] = (0.08, 1.0)
+
+    def __post_init__(self):
+        if self.method not in METHODS or self.head not in HEADS:
+            raise TrainingError(f"training.method must be one of {METHODS} and head one of {HEADS}.")
+        if self.select not in SELECTS:
+            raise TrainingError(f"training.select must be one of {SELECTS}, got {self.select!r}.")
+        if self.batch_size < 1 or self.grad_accumulation < 1 \
+                or self.batch_size % self.grad_accumulation:
+            raise TrainingError("training.batch_size must be a positive multiple of "
+                                "grad_accumulation.")
+        if self.eval_every is None and self.select == "best_val":
+            raise TrainingError("training.select: best_val needs eval_every; set it, or "
+                                "select: last.")
+        if self.patience is not None and self.select != "best_val":
+            # Stopping at a plateau would keep a state that is neither best nor final.
+            raise TrainingError("training.patience needs select: best_val; set patience: null "
+                                "or select: best_val.")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainSettings:
@@ -83,12 +104,7 @@ class TrainSettings:
         values = dict(params)
         if "crop_scale" in values:
             values["crop_scale"] = tuple(values["crop_scale"])
-        settings = cls(**values)
-        if settings.method not in METHODS or settings.head not in HEADS:
-            raise TrainingError(f"training.method must be one of {METHODS} and head one of {HEADS}.")
-        if settings.batch_size % settings.grad_accumulation:
-            raise TrainingError("training.batch_size must be divisible by grad_accumulation.")
-        return settings
+        return cls(**values)
 
     def total_steps(self, shots: int | None) -> int:
         if self.max_steps is not None:
@@ -109,6 +125,8 @@ class TrainResult:
     best_val_accuracy: float
     stopped_early: bool
     steps_done: int
+    selected: str  # which state the trainer holds now: "last" or "best_val"
+    selected_step: int
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,28 +187,6 @@ class ClipClassifier(nn.Module):
         return self.linear(features), text_logits if self.training else None
 
 
-def _rng_state() -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-class _Batches:
-    """Deterministic shuffled batches; the position is part of the checkpoint."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-
-    def indices(self, step: int) -> np.ndarray:
-        per_epoch = max(1, self.n // self.batch_size)
-        epoch, position = divmod(step, per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        if self.n < self.batch_size:
-            return np.resize(order, self.batch_size)
-        return order[position * self.batch_size:(position + 1) * self.batch_size]
-
-
 def _load_images(paths: Sequence[str], indices: np.ndarray, transform, seed: int, step: int):
     # Each sample's augmentation draws from its own generator, so the batch is the same
     # whether the run was interrupted or not, and whatever else used the global RNG.
@@ -210,6 +206,9 @@ class Trainer:
                  lora: LoraSettings | None = None, bitfit: BitFitSettings | None = None,
                  image_size: int = 224, mean=(0.48145466, 0.4578275, 0.40821073),
                  std=(0.26862954, 0.26130258, 0.27577711)):
+        if settings.seed is None:
+            raise TrainingError("training.seed is None (the few-shot seed): pass that seed to "
+                                "build_trainer, or set seed in the method's settings.")
         self.settings, self.device, self.dtype = settings, device, dtype
         torch.manual_seed(settings.seed)  # LoRA's initialisation and dropout draw from it
         if settings.method == "lora":
@@ -241,39 +240,6 @@ class Trainer:
         s = self.settings
         return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total, eta_min=s.min_lr)
 
-    # Checkpoints -------------------------------------------------------------------
-    def _save_checkpoint(self, folder: Path, state: dict[str, Any], best: dict[str, torch.Tensor]):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
-            save_file({n: p.detach().cpu().contiguous() for n, p in self.params.items()},
-                      str(staging / "trainable.safetensors"))
-            save_file(best, str(staging / "best.safetensors"))
-            torch.save(state, staging / "state.pt")
-            (staging / "settings.json").write_text(json.dumps(asdict(self.settings), indent=1))
-            previous = folder.with_name(folder.name + ".old")
-            if folder.exists():
-                os.replace(folder, previous)
-            os.replace(staging, folder)
-            shutil.rmtree(previous, ignore_errors=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def _load_checkpoint(self, folder: Path):
-        saved = json.loads((folder / "settings.json").read_text())
-        if saved != json.loads(json.dumps(asdict(self.settings))):
-            raise TrainingError(
-                f"checkpoint {folder} was made with other training settings; delete it to "
-                "start afresh, or restore the settings to resume."
-            )
-        trainable = load_file(str(folder / "trainable.safetensors"))
-        with torch.no_grad():
-            for name, param in self.params.items():
-                param.copy_(trainable[name])
-        best = load_file(str(folder / "best.safetensors"))
-        state = torch.load(folder / "state.pt", weights_only=True)
-        return state, best
-
     # Evaluation --------------------------------------------------------------------
     def predict(self, paths: Sequence[str], transform, batch_size: int = 64) -> np.ndarray:
         """Head logits for images, in order. No autograd graph: memory stays that of one
@@ -293,106 +259,111 @@ class Trainer:
         return torch.cat(out).numpy()
 
     # Training ----------------------------------------------------------------------
+    def _settings_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self.settings)))
+
+    def _resume(self, folder: Path | None, scheduler) -> checkpoints.Progress:
+        """A fresh start, or where the checkpoint in ``folder`` left off."""
+        if folder is None or not checkpoints.exists(folder):
+            return checkpoints.Progress(best=checkpoints.snapshot(self.params))
+        if checkpoints.saved_settings(folder) != self._settings_json():
+            raise TrainingError(
+                f"checkpoint {folder} was made with other training settings; delete it to "
+                "start afresh, or restore the settings to resume."
+            )
+        state, best = checkpoints.load(folder, self.params)
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+        self.scaler.load_state_dict(state.pop("scaler"))
+        rng = state.pop("rng")
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():  # LoRA's dropout on a GPU draws here
+            torch.cuda.set_rng_state(rng["cuda"])
+        logger.info("resuming from %s at step %d", folder, state["step"])
+        return checkpoints.Progress(best=best, **state)
+
+    def _step(self, paths: Sequence[str], labels: torch.Tensor, indices: np.ndarray,
+              step: int) -> tuple[float, int]:
+        """One optimizer step on a batch; returns its mean loss and correct count."""
+        s = self.settings
+        images = _load_images(paths, indices, self.transform, s.seed, step)
+        if self.device.type == "cuda":
+            images = images.pin_memory()
+        targets = labels[indices]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, correct = 0.0, 0
+        for chunk, share in micro_batches(len(indices), s.batch_size // s.grad_accumulation):
+            x = images[chunk].to(self.device, non_blocking=True)
+            y = targets[chunk].to(self.device)
+            with autocast(self.device, self.dtype):
+                logits, align = self.model(x)
+                loss = F.cross_entropy(logits.float(), y)
+                if align is not None and s.text_alignment_weight > 0:
+                    loss = loss + s.text_alignment_weight * F.cross_entropy(align.float(), y)
+            self.scaler.scale(loss * share).backward()
+            loss_sum += float(loss.detach()) * share
+            correct += int((logits.argmax(1) == y).sum())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss_sum, correct
+
     def fit(self, train_paths: Sequence[str], train_labels: Sequence[int],
             val_paths: Sequence[str], val_labels: Sequence[int], eval_transform,
             total_steps: int, checkpoint_dir: Path | None = None) -> TrainResult:
-        """Train for ``total_steps`` optimizer steps. With ``checkpoint_dir``, a run that
-        was interrupted resumes from its last checkpoint there."""
+        """Train for ``total_steps`` optimizer steps and keep the state ``select`` names.
+        With ``checkpoint_dir``, a run that was interrupted resumes from its last
+        checkpoint there."""
         if self.device.type == "cpu":
             tune_cpu_allocator()
         memory = PeakMemory(self.device).start()
         s = self.settings
         labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
         val_y = np.asarray(val_labels)
-        batches = _Batches(len(train_paths), s.batch_size, s.seed)
+        batches = EpochBatches(len(train_paths), s.batch_size, s.seed)
         scheduler = self._scheduler(total_steps)
-        history: list[dict[str, Any]] = []
-        step, best_acc, best_step, bad_evals, elapsed = 0, -1.0, 0, 0, 0.0
-        best = {n: p.detach().cpu().clone() for n, p in self.params.items()}
         folder = checkpoint_dir / "last" if checkpoint_dir else None
-        if folder is not None and not folder.exists():
-            # A kill between the two renames of _save_checkpoint leaves only the old one.
-            previous = folder.with_name(folder.name + ".old")
-            if previous.exists():
-                os.replace(previous, folder)
-        if folder is not None and folder.exists():
-            state, best = self._load_checkpoint(folder)
-            self.optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            step, best_acc, best_step = state["step"], state["best_acc"], state["best_step"]
-            bad_evals, elapsed, history = state["bad_evals"], state["elapsed"], state["history"]
-            logger.info("resuming from %s at step %d of %d", folder, step, total_steps)
-        start = time.perf_counter() - elapsed
-        stopped_early = False
+        run = self._resume(folder, scheduler)
+        start = time.perf_counter() - run.elapsed
         self.model.train()
-        micro = s.batch_size // s.grad_accumulation
-        bar = tqdm(total=total_steps, initial=step, desc=f"Training {s.method}", unit="step")
-        while step < total_steps:
-            indices = batches.indices(step)
-            images = _load_images(train_paths, indices, self.transform, s.seed, step)
-            if self.device.type == "cuda":
-                images = images.pin_memory()
-            targets = labels[indices]
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_sum, correct = 0.0, 0
-            for part in range(s.grad_accumulation):
-                chunk = slice(part * micro, (part + 1) * micro)
-                x = images[chunk].to(self.device, non_blocking=True)
-                y = targets[chunk].to(self.device)
-                with autocast(self.device, self.dtype):
-                    logits, align = self.model(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                    if align is not None and s.text_alignment_weight > 0:
-                        loss = loss + s.text_alignment_weight * F.cross_entropy(align.float(), y)
-                self.scaler.scale(loss / s.grad_accumulation).backward()
-                loss_sum += float(loss.detach()) / s.grad_accumulation
-                correct += int((logits.argmax(1) == y).sum())
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        bar = tqdm(total=total_steps, initial=run.step, desc=f"Training {s.method}", unit="step")
+        while run.step < total_steps and not run.stopped_early:
+            indices = batches.indices(run.step)
+            loss, correct = self._step(train_paths, labels, indices, run.step)
             scheduler.step()
-            step += 1
-            record = {"step": step, "loss": loss_sum, "train_accuracy": correct / len(indices),
+            run.step += 1
+            record = {"step": run.step, "loss": loss, "train_accuracy": correct / len(indices),
                       "lr": scheduler.get_last_lr()[0], "val_accuracy": math.nan}
-            if step % s.eval_every == 0 or step == total_steps:
+            if s.eval_every and (run.step % s.eval_every == 0 or run.step == total_steps):
                 logits = self.predict(val_paths, eval_transform)
                 record["val_accuracy"] = float((logits.argmax(1) == val_y).mean())
-                if record["val_accuracy"] > best_acc:
-                    best_acc, best_step, bad_evals = record["val_accuracy"], step, 0
-                    best = {n: p.detach().cpu().clone() for n, p in self.params.items()}
-                else:
-                    bad_evals += 1
-                if s.patience is not None and bad_evals >= s.patience:
-                    stopped_early = True
-            history.append(record)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{record['train_accuracy']:.2f}")
+                run.observe(record["val_accuracy"], self.params, s.patience)
+            run.history.append(record)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{record['train_accuracy']:.2f}")
             bar.update(1)
-            done = stopped_early or step == total_steps
-            if folder is not None and (step % s.checkpoint_every == 0 or done):
-                state = {
-                    "optimizer": self.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(), "rng": _rng_state(), "step": step,
-                    "best_acc": best_acc, "best_step": best_step, "bad_evals": bad_evals,
-                    "elapsed": time.perf_counter() - start, "history": history,
-                }
-                self._save_checkpoint(folder, state, best)
-            if stopped_early:
-                break
+            done = run.stopped_early or run.step == total_steps
+            if folder is not None and (run.step % s.checkpoint_every == 0 or done):
+                run.elapsed = time.perf_counter() - start
+                state = {"optimizer": self.optimizer.state_dict(), "rng": checkpoints.rng_state(),
+                         "scheduler": scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                         **run.state()}
+                checkpoints.save(folder, self.params, run.best, state, self._settings_json())
         bar.close()
-        with torch.no_grad():  # keep the best validated state
-            for name, param in self.params.items():
-                param.copy_(best[name])
+        if s.select == "best_val":
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    param.copy_(run.best[name])
         return TrainResult(
-            history=pd.DataFrame(history),
+            history=pd.DataFrame(run.history),
             trainable_parameters=self.trainable_count,
             wall_seconds=time.perf_counter() - start,
             peak_memory_mb=memory.peak_mb(),
             peak_memory_kind=memory.kind,
-            best_step=best_step,
-            best_val_accuracy=best_acc,
-            stopped_early=stopped_early,
-            steps_done=step,
+            best_step=run.best_step,
+            best_val_accuracy=run.best_acc if run.best_acc >= 0 else math.nan,
+            stopped_early=run.stopped_early,
+            steps_done=run.step,
+            selected=s.select,
+            selected_step=run.best_step if s.select == "best_val" else run.step,
         )
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
