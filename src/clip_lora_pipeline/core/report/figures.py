@@ -4,14 +4,10 @@ state), so they are safe to make in any thread and never open a window."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-
-from clip_lora_pipeline.core.images import load_rgb
 
 # Above this many classes, tick labels overlap: draw a bare heatmap and list the
 # most-confused pairs in a table instead.
@@ -40,12 +36,17 @@ def row_normalised(matrix: np.ndarray) -> np.ndarray:
 def most_confused_pairs(
     matrix: np.ndarray, class_names: Sequence[str], top: int = 15
 ) -> pd.DataFrame:
-    """The largest off-diagonal cells: which true class is most often taken for which."""
+    """The largest off-diagonal cells: which true class is most often taken for which.
+
+    Ranked by the share of the true class's test images (ties: by count), not by raw
+    count: with unequal class sizes, counts favour big classes, while the share says
+    how badly a class is served."""
     rates = row_normalised(matrix)
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     true_idx, pred_idx = np.nonzero(off)
-    order = np.lexsort((-rates[true_idx, pred_idx], -off[true_idx, pred_idx]))[:top]
+    # lexsort's last key is the primary one
+    order = np.lexsort((-off[true_idx, pred_idx], -rates[true_idx, pred_idx]))[:top]
     names = np.asarray(class_names, dtype=object)
     return pd.DataFrame({
         "true_class": names[true_idx[order]],
@@ -82,25 +83,55 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str)
     return fig
 
 
+def _interval_errors(rows: pd.DataFrame, datasets: list[str]) -> np.ndarray | None:
+    """(2, datasets) distances from top-1 down to and up to its 95% bounds, or None for
+    tables written before the bounds were stored."""
+    if not {"top1_ci_low", "top1_ci_high"} <= set(rows.columns):
+        return None
+    top1 = np.array([rows["top1"].get(d, np.nan) for d in datasets], dtype=float)
+    low = np.array([rows["top1_ci_low"].get(d, np.nan) for d in datasets], dtype=float)
+    high = np.array([rows["top1_ci_high"].get(d, np.nan) for d in datasets], dtype=float)
+    return np.vstack([top1 - low, high - top1])
+
+
+def _chance_lines(ax, comparison: pd.DataFrame, datasets: list[str]) -> None:
+    """A dashed line at 1 / classes across each dataset's group of bars: how far above
+    guessing a method is, which differs per dataset (10 classes vs 102)."""
+    if "n_classes" not in comparison:
+        return
+    classes = comparison.groupby("dataset", sort=False)["n_classes"].max()
+    label = "chance (1 / classes)"
+    for i, dataset in enumerate(datasets):
+        n = classes.get(dataset)
+        if n is None or pd.isna(n) or n <= 0:
+            continue
+        ax.plot([i - 0.45, i + 0.45], [1 / n, 1 / n], color="0.3", linestyle="--",
+                linewidth=1.2, label=label, zorder=3)
+        label = "_nolegend_"  # one legend entry for all groups
+
+
 def accuracy_chart(comparison: pd.DataFrame) -> Figure:
-    """Grouped bars: top-1 accuracy of every method, one group per dataset."""
+    """Grouped bars: top-1 accuracy of every method with its 95% interval, one group per
+    dataset, and each dataset's chance level."""
     datasets = list(dict.fromkeys(comparison["dataset"]))
     methods = list(dict.fromkeys(comparison["method"]))
     width = 0.8 / max(len(methods), 1)
-    fig = Figure(figsize=(max(8, 1.6 * len(datasets) * max(1, len(methods) / 3)), 4),
+    fig = Figure(figsize=(max(8, 1.6 * len(datasets) * max(1, len(methods) / 3)), 4.2),
                  layout="constrained")
     ax = fig.add_subplot()
-    colours = [f"C{i % 10}" for i in range(len(methods))]
-    for m, (method, colour) in enumerate(zip(methods, colours)):
+    for m, method in enumerate(methods):
         rows = comparison[comparison["method"] == method].set_index("dataset")
         values = [rows["top1"].get(d, np.nan) for d in datasets]
         x = np.arange(len(datasets)) + (m - (len(methods) - 1) / 2) * width
-        bars = ax.bar(x, values, width, label=method, color=colour)
+        bars = ax.bar(x, values, width, label=method, color=f"C{m % 10}",
+                      yerr=_interval_errors(rows, datasets),
+                      error_kw={"ecolor": "0.15", "elinewidth": 1, "capsize": 2})
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    _chance_lines(ax, comparison, datasets)
     ax.set_xticks(range(len(datasets)), datasets)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("top-1 accuracy (test)")
-    ax.set_title("Accuracy per method and dataset")
+    ax.set_title("Accuracy per method and dataset (error bars: 95% Wilson interval)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
@@ -136,36 +167,3 @@ def sample_predictions(predictions: pd.DataFrame, n: int = 16, seed: int = 0) ->
     chosen = pd.concat([errors.sample(n_errors, random_state=seed),
                         correct.sample(n_correct, random_state=seed)])
     return chosen.sort_values("path", kind="stable")
-
-
-def prediction_grid_figure(
-    samples: pd.DataFrame, image_root: str | Path, title: str, columns: int = 4
-) -> Figure:
-    """Thumbnails with true class, predicted class and confidence; errors in red."""
-    rows = max(1, -(-len(samples) // columns))
-    fig = Figure(figsize=(3 * columns, 3.3 * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, (_, row) in zip(axes, samples.iterrows()):
-        colour = CORRECT_COLOUR if row["correct"] else WRONG_COLOUR
-        try:
-            image = load_rgb(Path(image_root) / row["path"])
-            image.thumbnail((256, 256))
-            ax.imshow(image)
-        except OSError as error:  # a file moved since the run: show why, keep the grid
-            ax.text(0.5, 0.5, f"cannot open\n{Path(row['path']).name}\n{error}", ha="center",
-                    va="center", fontsize=7, wrap=True, transform=ax.transAxes)
-        ax.set_axis_on()
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_edgecolor(colour)
-            spine.set_linewidth(4)
-        ax.set_title(f"true: {row['true_class']}\npred: {row['predicted_class']} "
-                     f"({row['confidence']:.2f})", fontsize=8, color=colour)
-    fig.legend(handles=[Patch(color=CORRECT_COLOUR, label="correct"),
-                        Patch(color=WRONG_COLOUR, label="wrong")], loc="outside lower center",
-               ncols=2, fontsize=8)
-    fig.suptitle(title)
-    return fig
