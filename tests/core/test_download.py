@@ -187,3 +187,90 @@ def test_real_sources_point_at_public_urls_with_checksums():
             assert remote.url.startswith(("https://", "http://")), remote
             assert remote.md5 is None or len(remote.md5) == 32
             assert Path(remote.provides).parts[0] != ".."
+
+
+# --------------------------------------------------------------------------- Google Drive
+
+
+@pytest.fixture
+def fake_drive(monkeypatch):
+    """gdown.download replaced by a stand-in that writes ``files[id]`` into the open
+    file it is given, recording each call."""
+    import gdown
+
+    files: dict[str, bytes] = {}
+    calls: list[dict] = []
+
+    def download(*, id, output, **kwargs):
+        calls.append({"id": id, **kwargs})
+        if id not in files:
+            raise gdown.exceptions.FileURLRetrievalError(f"no file {id}")
+        output.write(files[id])
+        return output
+
+    monkeypatch.setattr(gdown, "download", download)
+    return files, calls
+
+
+def test_drive_file_goes_through_part_md5_and_rename(fake_drive, tmp_path):
+    files, calls = fake_drive
+    files["abc123"] = b'{"train": []}'
+    remote = RemoteFile.google_drive("abc123", "split_zhou_X.json", md5=_md5(b'{"train": []}'))
+    assert remote.url == "https://drive.google.com/file/d/abc123/view"
+    assert remote.provides == "split_zhou_X.json"
+    path = download_file(remote, tmp_path, timeout=7)
+    assert path.read_bytes() == b'{"train": []}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split_zhou_X.json"]
+    assert calls[0]["id"] == "abc123" and calls[0]["timeout"] == 7
+    # Present and verified: not fetched again.
+    download_file(remote, tmp_path)
+    assert len(calls) == 1
+
+
+def test_drive_file_with_wrong_md5_keeps_nothing(fake_drive, tmp_path):
+    files, _ = fake_drive
+    files["abc123"] = b"an html error page"
+    remote = RemoteFile.google_drive("abc123", "frames.zip", md5=_md5(b"the zip"))
+    with pytest.raises(DownloadError, match="md5"):
+        download_file(remote, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_drive_archive_is_extracted_by_fetch(fake_drive, tmp_path):
+    files, _ = fake_drive
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        zipped.writestr("UCF-101-midframes/Apply_Eye_Makeup/v_1.jpg", b"j")
+    files["zipid"] = buffer.getvalue()
+    fetch([RemoteFile.google_drive("zipid", "UCF-101-midframes.zip", "UCF-101-midframes",
+                                   extract=True)], tmp_path)
+    assert (tmp_path / "UCF-101-midframes/Apply_Eye_Makeup/v_1.jpg").read_bytes() == b"j"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["UCF-101-midframes"]
+
+
+def test_drive_failure_names_the_file_and_where_to_put_it(fake_drive, tmp_path):
+    remote = RemoteFile.google_drive("missing", "split_zhou_X.json")
+    with pytest.raises(DownloadError) as error:
+        download_file(remote, tmp_path / "x")
+    message = str(error.value)
+    assert "split_zhou_X.json" in message and remote.url in message
+    assert str(tmp_path / "x" / "split_zhou_X.json") in message
+    assert list((tmp_path / "x").iterdir()) == []
+
+
+def test_drive_offline_fails_fast(tmp_path):
+    # The real gdown against the test network guard: no connection may be opened.
+    import time
+
+    remote = RemoteFile.google_drive("1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
+                                     "split_zhou_OxfordFlowers.json")
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as error:
+        fetch([remote], tmp_path / "flowers102", timeout=2)
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "Without network access" in message
+    assert "https://drive.google.com/file/d/1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT/view" in message
+    assert str(tmp_path / "flowers102" / "split_zhou_OxfordFlowers.json") in message
+    assert "test tried to resolve 'drive.google.com'" in message  # the guard's refusal
+    assert list((tmp_path / "flowers102").iterdir()) == []

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from clip_lora_pipeline.core.dataset_settings import DatasetSettings
 from clip_lora_pipeline.core.download import RemoteFile
 from clip_lora_pipeline.core.manifest import MANIFEST_COLUMNS
 from clip_lora_pipeline.core.sources import SOURCES, SourceError, get_source
@@ -20,17 +21,26 @@ from clip_lora_pipeline.core.sources.caltech101 import Caltech101
 from clip_lora_pipeline.core.sources.cub import CUB200
 from clip_lora_pipeline.core.sources.dtd import DTD
 from clip_lora_pipeline.core.sources.eurosat import EuroSAT
+from clip_lora_pipeline.core.sources.fgvc_aircraft import FGVCAircraft
 from clip_lora_pipeline.core.sources.flowers102 import Flowers102
 from clip_lora_pipeline.core.sources.food101 import Food101
 from clip_lora_pipeline.core.sources.image_folder import ImageFolder
+from clip_lora_pipeline.core.sources.imagenet import ImageNet
 from clip_lora_pipeline.core.sources.imagenette import WNID_TO_NAME, Imagenette
 from clip_lora_pipeline.core.sources.oxford_pets import OxfordPets
+from clip_lora_pipeline.core.sources.stanford_cars import StanfordCars
+from clip_lora_pipeline.core.sources.sun397 import SUN397
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
+from clip_lora_pipeline.core.sources.ucf101 import UCF101
 
-DOWNLOADABLE = [
-    "flowers102", "eurosat", "imagenette", "dtd", "oxford_pets", "caltech101",
-    "food101", "cub200",
+# CoOp's 11 few-shot datasets, then the others that read a published layout.
+BENCHMARK = [
+    "flowers102", "eurosat", "dtd", "oxford_pets", "caltech101", "food101", "imagenet",
+    "sun397", "stanford_cars", "fgvc_aircraft", "ucf101",
 ]
+INDEXED = [*BENCHMARK, "imagenette", "cub200"]
+# Stanford Cars' publisher no longer serves its files: nothing to download.
+DOWNLOADABLE = [n for n in INDEXED if n != "stanford_cars"]
 
 
 def check_manifest(frame: pd.DataFrame, root: Path) -> None:
@@ -106,17 +116,17 @@ def test_flowers102_label_out_of_range_fails(tmp_path, make_image):
 # --------------------------------------------------------------------------- eurosat
 
 
-def test_eurosat_maps_folder_codes_to_readable_names(tmp_path, make_image):
+def test_eurosat_maps_folder_codes_to_coop_names(tmp_path, make_image):
     for name in ("AnnualCrop/AnnualCrop_1.jpg", "AnnualCrop/AnnualCrop_2.jpg",
                  "Forest/Forest_1.jpg", "SeaLake/SeaLake_7.jpg"):
         make_image(tmp_path / "2750" / name)
     frame = EuroSAT().index(tmp_path)
     check_manifest(frame, tmp_path)
     assert rows(frame) == [
-        ("2750/AnnualCrop/AnnualCrop_1.jpg", 0, "annual crop land", None),
-        ("2750/AnnualCrop/AnnualCrop_2.jpg", 0, "annual crop land", None),
-        ("2750/Forest/Forest_1.jpg", 1, "forest", None),
-        ("2750/SeaLake/SeaLake_7.jpg", 9, "lake or sea", None),
+        ("2750/AnnualCrop/AnnualCrop_1.jpg", 0, "Annual Crop Land", None),
+        ("2750/AnnualCrop/AnnualCrop_2.jpg", 0, "Annual Crop Land", None),
+        ("2750/Forest/Forest_1.jpg", 1, "Forest", None),
+        ("2750/SeaLake/SeaLake_7.jpg", 9, "Sea or Lake", None),
     ]
     assert frame["source_split"].isna().all()
 
@@ -243,7 +253,7 @@ def test_oxford_pets_conflicting_class_id_fails(tmp_path, make_image):
 # --------------------------------------------------------------------------- caltech101
 
 
-def test_caltech101_drops_background_and_hard_faces(tmp_path, make_image):
+def test_caltech101_drops_background_and_easy_faces_as_coop_does(tmp_path, make_image):
     base = tmp_path / "101_ObjectCategories"
     for rel in ("BACKGROUND_Google/image_0001.jpg", "Faces/image_0001.jpg",
                 "Faces_easy/image_0001.jpg", "Faces_easy/image_0002.jpg",
@@ -253,13 +263,12 @@ def test_caltech101_drops_background_and_hard_faces(tmp_path, make_image):
     frame = Caltech101().index(tmp_path)
     check_manifest(frame, tmp_path)
     assert rows(frame) == [
-        ("101_ObjectCategories/Faces_easy/image_0001.jpg", 0, "face", None),
-        ("101_ObjectCategories/Faces_easy/image_0002.jpg", 0, "face", None),
+        ("101_ObjectCategories/Faces/image_0001.jpg", 0, "face", None),
         ("101_ObjectCategories/Leopards/image_0001.jpg", 1, "leopard", None),
         ("101_ObjectCategories/accordion/image_0001.jpg", 2, "accordion", None),
         ("101_ObjectCategories/car_side/image_0001.jpg", 3, "car side", None),
     ]
-    assert not frame["path"].str.contains("BACKGROUND_Google|/Faces/").any()
+    assert not frame["path"].str.contains("BACKGROUND_Google|Faces_easy").any()
 
 
 # --------------------------------------------------------------------------- food101
@@ -539,14 +548,15 @@ def test_synthetic_rejects_bad_settings(tmp_path):
 
 
 def test_get_source_returns_each_registered_source():
-    assert sorted(SOURCES) == sorted([*DOWNLOADABLE, "image_folder", "synthetic"])
+    assert sorted(SOURCES) == sorted([*INDEXED, "image_folder", "synthetic"])
     for name in SOURCES:
         assert get_source(name).name == name
     assert isinstance(get_source("flowers102"), Flowers102)
 
 
 @pytest.mark.parametrize(("typo", "suggestion"), [("flowers", "flowers102"),
-                                                  ("imagenet", "imagenette"),
+                                                  ("imagenett", "imagenette"),
+                                                  ("stanford_car", "stanford_cars"),
                                                   ("oxford_pet", "oxford_pets")])
 def test_get_source_unknown_name_suggests_close_ones(typo, suggestion):
     with pytest.raises(SourceError, match=f"Unknown data source '{typo}'") as err:
@@ -563,7 +573,7 @@ def test_get_source_unrelated_name_gives_no_suggestion():
 
 def test_check_options_rejects_unknown_option():
     expected = (
-        r"datasets\.nette: source 'imagenette' has no option\(s\) \['sise'\]; "
+        r"dataset_configs\.nette\.options: source 'imagenette' has no option\(s\) \['sise'\]; "
         r"it takes \['size'\]"
     )
     with pytest.raises(SourceError, match=expected):
@@ -578,7 +588,7 @@ def test_check_options_rejects_unknown_option():
     get_source("caltech101").check_options("cal", {})
 
 
-@pytest.mark.parametrize("name", DOWNLOADABLE)
+@pytest.mark.parametrize("name", INDEXED)
 def test_missing_files_error_shows_expected_layout(tmp_path, name):
     source = get_source(name)
     assert source.layout
@@ -610,6 +620,23 @@ def remote_option_sets(name: str) -> list[dict]:
     return [{}]
 
 
+# Publisher files without a published md5 (nothing to check them against).
+NO_MD5 = {"Partitions.zip", "UCF101TrainTestSplits-RecognitionTask.zip"}
+
+
+def check_remote(remote: RemoteFile) -> None:
+    assert isinstance(remote, RemoteFile)
+    assert remote.provides and not remote.provides.startswith("/")
+    if remote.drive_id:  # Google Drive: fetched by id, md5 only where one is known
+        assert re.fullmatch(r"[\w-]{25,40}", remote.drive_id), remote.drive_id
+        assert remote.url == f"https://drive.google.com/file/d/{remote.drive_id}/view"
+        return
+    assert re.match(r"https?://[^/\s]+/\S+$", remote.url), remote.url
+    assert remote.url.endswith(remote.filename)
+    if remote.filename not in NO_MD5:
+        assert re.fullmatch(r"[0-9a-f]{32}", remote.md5 or ""), remote.md5
+
+
 @pytest.mark.parametrize("name", DOWNLOADABLE)
 def test_remote_files_are_well_formed(name):
     source = get_source(name)
@@ -617,11 +644,7 @@ def test_remote_files_are_well_formed(name):
         remotes = source.remote_files(**options)
         assert remotes
         for remote in remotes:
-            assert isinstance(remote, RemoteFile)
-            assert re.match(r"https?://[^/\s]+/\S+$", remote.url), remote.url
-            assert remote.url.endswith(remote.filename)
-            assert re.fullmatch(r"[0-9a-f]{32}", remote.md5 or ""), remote.md5
-            assert remote.provides and not remote.provides.startswith("/")
+            check_remote(remote)
         assert len({r.filename for r in remotes}) == len(remotes)
 
 
@@ -632,7 +655,7 @@ def test_imagenette_remote_file_follows_size():
     assert remote.extract
 
 
-@pytest.mark.parametrize("name", [n for n in DOWNLOADABLE if n != "caltech101"])
+@pytest.mark.parametrize("name", [n for n in DOWNLOADABLE if n not in ("caltech101", "imagenet")])
 def test_is_prepared_once_provided_paths_exist(tmp_path, name):
     source = get_source(name)
     options = {"size": "160px"} if name == "imagenette" else {}
@@ -665,3 +688,373 @@ def test_image_folder_is_prepared_when_root_is_a_folder(tmp_path):
     assert ImageFolder().remote_files() == []
     assert ImageFolder().is_prepared(tmp_path)
     assert not ImageFolder().is_prepared(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- imagenet
+
+
+def make_imagenet(root: Path, make_image, classnames: list[str]) -> None:
+    for rel in ("train/n01440764/n01440764_10026.JPEG", "train/n01440764/n01440764_1.JPEG",
+                "train/n04356056/n04356056_3.JPEG", "train/n04355933/n04355933_7.JPEG",
+                "val/n01440764/ILSVRC2012_val_00000293.JPEG",
+                "val/n04356056/ILSVRC2012_val_00000001.JPEG"):
+        make_image(root / "images" / rel)
+    write_lines(root / "classnames.txt", classnames)
+
+
+def test_imagenet_train_and_val_as_test_with_coop_classnames(tmp_path, make_image):
+    make_imagenet(tmp_path, make_image, ["n01440764 tench", "n04355933 sunglasses",
+                                         "n04356056 sunglasses", "n09999999 unused"])
+    frame = ImageNet().index(tmp_path)
+    check_manifest(frame, tmp_path)
+    assert rows(frame) == [
+        ("images/train/n01440764/n01440764_1.JPEG", 0, "tench", "train"),
+        ("images/train/n01440764/n01440764_10026.JPEG", 0, "tench", "train"),
+        ("images/train/n04355933/n04355933_7.JPEG", 1, "sunglasses (n04355933)", "train"),
+        ("images/train/n04356056/n04356056_3.JPEG", 2, "sunglasses (n04356056)", "train"),
+        ("images/val/n01440764/ILSVRC2012_val_00000293.JPEG", 0, "tench", "test"),
+        ("images/val/n04356056/ILSVRC2012_val_00000001.JPEG", 2, "sunglasses (n04356056)", "test"),
+    ]
+    assert not (frame["source_split"] == "val").any()  # carved from train by the split step
+
+
+def test_imagenet_unnamed_class_or_flat_val_fails(tmp_path, make_image):
+    make_imagenet(tmp_path, make_image, ["n01440764 tench", "n04356056 sunglasses"])
+    with pytest.raises(SourceError, match=r"\['n04355933'\] have no line in"):
+        ImageNet().index(tmp_path)
+    write_lines(tmp_path / "classnames.txt",
+                ["n01440764 tench", "n04355933 sunglass", "n04356056 sunglasses"])
+    for folder in list((tmp_path / "images/val").iterdir()):
+        for image in folder.iterdir():
+            image.rename(tmp_path / "images/val" / image.name)
+        folder.rmdir()
+    with pytest.raises(SourceError, match="archive is flat; sort its images into <wnid>/"):
+        ImageNet().index(tmp_path)
+
+
+def test_imagenet_is_placed_by_hand(tmp_path, make_image):
+    source = ImageNet()
+    with pytest.raises(SourceError) as err:
+        source.prepare(tmp_path)
+    message = str(err.value)
+    assert "licence" in message and "image-net.org" in message
+    assert str(tmp_path / "images/train") in message and str(tmp_path / "images/val") in message
+    assert "classnames.txt" in message
+    assert list(tmp_path.iterdir()) == []  # nothing fetched before the images are there
+    make_imagenet(tmp_path, make_image, ["n01440764 tench"])
+    assert source.is_prepared(tmp_path)
+    (tmp_path / "classnames.txt").unlink()
+    assert not source.is_prepared(tmp_path)  # prepare would fetch CoOp's classnames.txt
+    (remote,) = source.remote_files()
+    assert remote.filename == "classnames.txt"
+    assert remote.drive_id == "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"
+
+
+# --------------------------------------------------------------------------- sun397
+
+
+def test_sun397_partition_lists_and_coop_names(tmp_path, make_image):
+    write_lines(tmp_path / "SUN397" / "ClassName.txt",
+                ["/a/abbey", "/a/apartment_building/outdoor", "/b/bakery/shop"])
+    write_lines(tmp_path / "Training_01.txt",
+                ["/a/abbey/sun_aaa.jpg", "/a/apartment_building/outdoor/sun_bbb.jpg"])
+    write_lines(tmp_path / "Testing_01.txt", ["/b/bakery/shop/sun_ccc.jpg"])
+    for rel in ("a/abbey/sun_aaa.jpg", "a/apartment_building/outdoor/sun_bbb.jpg",
+                "b/bakery/shop/sun_ccc.jpg", "b/bakery/shop/sun_unlisted.jpg"):
+        make_image(tmp_path / "SUN397" / rel)
+    frame = SUN397().index(tmp_path)
+    check_manifest(frame, tmp_path)
+    assert rows(frame) == [
+        ("SUN397/a/abbey/sun_aaa.jpg", 0, "abbey", "train"),
+        ("SUN397/a/apartment_building/outdoor/sun_bbb.jpg", 1,
+         "outdoor apartment building", "train"),
+        ("SUN397/b/bakery/shop/sun_ccc.jpg", 2, "shop bakery", "test"),
+    ]
+    write_lines(tmp_path / "Testing_01.txt", ["/z/zoo/sun_x.jpg"])
+    with pytest.raises(SourceError, match="'/z/zoo/sun_x.jpg' is in no category"):
+        SUN397().index(tmp_path)
+
+
+# --------------------------------------------------------------------------- stanford cars
+
+
+def write_car_annos(path: Path, pairs: list[tuple[str, int]]) -> None:
+    annos = np.array(pairs, dtype=[("fname", "O"), ("class", "O")]).reshape(1, -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(path, {"annotations": annos})
+
+
+def make_cars(root: Path, make_image) -> None:
+    names = np.empty((1, 2), dtype=object)
+    names[0, 0], names[0, 1] = "AM General Hummer SUV 2000", "Tesla Model S Sedan 2012"
+    (root / "devkit").mkdir(parents=True)
+    savemat(root / "devkit/cars_meta.mat", {"class_names": names})
+    write_car_annos(root / "devkit/cars_train_annos.mat", [("00001.jpg", 2), ("00002.jpg", 1)])
+    write_car_annos(root / "cars_test_annos_withlabels.mat", [("00001.jpg", 1)])
+    for rel in ("cars_train/00001.jpg", "cars_train/00002.jpg", "cars_test/00001.jpg"):
+        make_image(root / rel)
+
+
+def test_stanford_cars_official_annotations_and_coop_names(tmp_path, make_image):
+    make_cars(tmp_path, make_image)
+    frame = StanfordCars().index(tmp_path)
+    check_manifest(frame, tmp_path)
+    assert rows(frame) == [
+        ("cars_test/00001.jpg", 0, "2000 AM General Hummer SUV", "test"),
+        ("cars_train/00001.jpg", 1, "2012 Tesla Model S Sedan", "train"),
+        ("cars_train/00002.jpg", 0, "2000 AM General Hummer SUV", "train"),
+    ]
+    write_car_annos(tmp_path / "cars_test_annos_withlabels.mat", [("00001.jpg", 3)])
+    with pytest.raises(SourceError, match="00001.jpg has class 3; devkit/cars_meta.mat names 1..2"):
+        StanfordCars().index(tmp_path)
+
+
+def test_stanford_cars_is_placed_by_hand(tmp_path, make_image):
+    assert StanfordCars().remote_files() == []
+    with pytest.raises(SourceError, match="no longer serve the files") as err:
+        StanfordCars().prepare(tmp_path)
+    assert str(tmp_path / "cars_train") in str(err.value)
+    assert "split_zhou_StanfordCars.json" in str(err.value)  # the layout
+    make_image(tmp_path / "cars_train" / "00001.jpg")
+    make_image(tmp_path / "cars_test" / "00001.jpg")
+    assert StanfordCars().is_prepared(tmp_path)
+    StanfordCars().prepare(tmp_path)
+
+
+# --------------------------------------------------------------------------- fgvc aircraft
+
+
+def test_fgvc_aircraft_official_variant_lists(tmp_path, make_image):
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    write_lines(data / "variants.txt", ["707-320", "A300B4", "F/A-18"])
+    write_lines(data / "images_variant_train.txt", ["1025794 707-320", "0062781 F/A-18"])
+    write_lines(data / "images_variant_val.txt", ["2020012 A300B4"])
+    write_lines(data / "images_variant_test.txt", ["1514522 F/A-18"])
+    for image_id in ("1025794", "0062781", "2020012", "1514522", "9999999"):
+        make_image(data / "images" / f"{image_id}.jpg")
+    frame = FGVCAircraft().index(tmp_path)
+    check_manifest(frame, tmp_path)
+    images = "fgvc-aircraft-2013b/data/images/"
+    assert rows(frame) == [
+        (images + "0062781.jpg", 2, "F/A-18", "train"),
+        (images + "1025794.jpg", 0, "707-320", "train"),
+        (images + "1514522.jpg", 2, "F/A-18", "test"),
+        (images + "2020012.jpg", 1, "A300B4", "val"),
+    ]
+    write_lines(data / "images_variant_val.txt", ["2020012 A380"])
+    with pytest.raises(SourceError, match="'2020012 A380' names no variant"):
+        FGVCAircraft().index(tmp_path)
+
+
+# --------------------------------------------------------------------------- ucf101
+
+
+def test_ucf101_official_lists_on_coop_midframes(tmp_path, make_image):
+    lists = tmp_path / "ucfTrainTestlist"
+    write_lines(lists / "classInd.txt", ["1 ApplyEyeMakeup", "2 YoYo"])
+    write_lines(lists / "trainlist01.txt", ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1",
+                                            "YoYo/v_YoYo_g08_c02.avi 2"])
+    write_lines(lists / "testlist01.txt", ["YoYo/v_YoYo_g01_c01.avi"])
+    for rel in ("Apply_Eye_Makeup/v_ApplyEyeMakeup_g08_c01.jpg", "Yo_Yo/v_YoYo_g08_c02.jpg",
+                "Yo_Yo/v_YoYo_g01_c01.jpg"):
+        make_image(tmp_path / "UCF-101-midframes" / rel)
+    frame = UCF101().index(tmp_path)
+    check_manifest(frame, tmp_path)
+    assert rows(frame) == [
+        ("UCF-101-midframes/Apply_Eye_Makeup/v_ApplyEyeMakeup_g08_c01.jpg", 0,
+         "Apply Eye Makeup", "train"),
+        ("UCF-101-midframes/Yo_Yo/v_YoYo_g01_c01.jpg", 1, "Yo Yo", "test"),
+        ("UCF-101-midframes/Yo_Yo/v_YoYo_g08_c02.jpg", 1, "Yo Yo", "train"),
+    ]
+    (frames,) = [r for r in UCF101().remote_files() if r.drive_id]
+    assert (frames.drive_id, frames.filename) == ("10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O",
+                                                  "UCF-101-midframes.zip")
+
+
+# --------------------------------------------------------------------------- CoOp split files
+
+# Per split-file dataset: entries as CoOp's split_zhou_<Name>.json lists them (paths
+# relative to the image folder, CoOp's class names), a few per split.
+COOP_ENTRIES = {
+    "flowers102": [("train", "image_04367.jpg", 0, "pink primrose"),
+                   ("val", "image_06736.jpg", 0, "pink primrose"),
+                   ("test", "image_06734.jpg", 1, "hard-leaved pocket orchid"),
+                   ("train", "image_05142.jpg", 1, "hard-leaved pocket orchid")],
+    "eurosat": [("train", "AnnualCrop/AnnualCrop_1.jpg", 0, "Annual Crop Land"),
+                ("val", "HerbaceousVegetation/HerbaceousVegetation_9.jpg", 1,
+                 "Herbaceous Vegetation Land"),
+                ("test", "SeaLake/SeaLake_7.jpg", 2, "Sea or Lake")],
+    "dtd": [("train", "banded/banded_0002.jpg", 0, "banded"),
+            ("val", "polka-dotted/polka-dotted_0121.jpg", 1, "polka-dotted"),
+            ("test", "banded/banded_0004.jpg", 0, "banded")],
+    "oxford_pets": [("train", "american_pit_bull_terrier_12.jpg", 1, "american_pit_bull_terrier"),
+                    ("val", "Abyssinian_100.jpg", 0, "abyssinian"),
+                    ("test", "Abyssinian_101.jpg", 0, "abyssinian")],
+    "caltech101": [("train", "Faces/image_0001.jpg", 0, "face"),
+                   ("val", "car_side/image_0002.jpg", 1, "car_side"),
+                   ("test", "Faces/image_0003.jpg", 0, "face")],
+    "food101": [("train", "apple_pie/1005649.jpg", 0, "apple_pie"),
+                ("val", "waffles/2.jpg", 1, "waffles"),
+                ("test", "apple_pie/101251.jpg", 0, "apple_pie")],
+    "sun397": [("train", "a/abbey/sun_aaa.jpg", 0, "abbey"),
+               ("val", "a/apartment_building/outdoor/sun_bbb.jpg", 1,
+                "outdoor apartment_building"),
+               ("test", "a/abbey/sun_ccc.jpg", 0, "abbey")],
+    "stanford_cars": [("train", "cars_train/00001.jpg", 0, "2000 AM General Hummer SUV"),
+                      ("val", "cars_train/00002.jpg", 1, "2012 Tesla Model S Sedan"),
+                      ("test", "cars_test/00001.jpg", 1, "2012 Tesla Model S Sedan")],
+    "ucf101": [("train", "Apply_Eye_Makeup/v_ApplyEyeMakeup_g08_c01.jpg", 0, "Apply_Eye_Makeup"),
+               ("val", "Yo_Yo/v_YoYo_g08_c02.jpg", 1, "Yo_Yo"),
+               ("test", "Yo_Yo/v_YoYo_g01_c01.jpg", 1, "Yo_Yo")],
+}
+
+
+def make_coop_fixture(name: str, root: Path, make_image) -> Path:
+    """The images CoOp's split file lists, in the source's layout, an image it does not
+    list, the split file itself, and the publisher's other files (which protocol coop
+    does not read) present so nothing is downloaded."""
+    source = get_source(name)
+    data: dict[str, list] = {"train": [], "val": [], "test": []}
+    for split, rel, label, class_name in COOP_ENTRIES[name]:
+        data[split].append([rel, label, class_name])
+        make_image(root / source.image_dir / rel)
+    first = Path(COOP_ENTRIES[name][0][1])
+    make_image(root / source.image_dir / first.with_name("not_in_split" + first.suffix))
+    for remote in source.remote_files():
+        (root / remote.provides).mkdir(parents=True, exist_ok=True)
+    path = root / source.coop_split.filename
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(COOP_ENTRIES))
+def test_coop_protocol_follows_the_split_file(tmp_path, make_image, name):
+    split_file = make_coop_fixture(name, tmp_path, make_image)
+    source = get_source(name)
+    settings = DatasetSettings.from_params(name, {"source": name, "root": str(tmp_path)})
+    assert settings.protocol == "coop" and settings.allow_repeats
+    assert settings.split_file_path() == split_file
+    assert source.is_prepared(tmp_path)
+    frame = source.index_split_file(tmp_path, settings.split_file_path())
+    check_manifest(frame, tmp_path)
+    prefix = f"{source.image_dir}/" if source.image_dir else ""
+    assert set(rows(frame)) == {
+        (prefix + rel, label, class_name.replace("_", " "), split)
+        for split, rel, label, class_name in COOP_ENTRIES[name]
+    }
+    assert not frame["path"].str.contains("not_in_split").any()
+
+
+def test_coop_split_files_are_coops(tmp_path):
+    # Google Drive ids from CoOp's DATASETS.md; image folders from its datasets/*.py.
+    expected = {
+        "flowers102": ("split_zhou_OxfordFlowers.json", "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT", "jpg"),
+        "eurosat": ("split_zhou_EuroSAT.json", "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o", "2750"),
+        "dtd": ("split_zhou_DescribableTextures.json", "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x",
+                "dtd/images"),
+        "oxford_pets": ("split_zhou_OxfordPets.json", "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs", "images"),
+        "caltech101": ("split_zhou_Caltech101.json", "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN",
+                       "101_ObjectCategories"),
+        "food101": ("split_zhou_Food101.json", "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl",
+                    "food-101/images"),
+        "sun397": ("split_zhou_SUN397.json", "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq", "SUN397"),
+        "stanford_cars": ("split_zhou_StanfordCars.json", "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT", ""),
+        "ucf101": ("split_zhou_UCF101.json", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y",
+                   "UCF-101-midframes"),
+    }
+    for name in SOURCES:
+        source = get_source(name)
+        assert source.coop_protocol is (name in BENCHMARK), name
+        if name in expected:
+            remote = source.coop_split
+            check_remote(remote)
+            assert (remote.filename, remote.drive_id, source.image_dir) == expected[name]
+            assert remote.provides == remote.filename and not remote.extract
+        else:  # CoOp reads the official lists of these (or they are not CoOp's)
+            assert source.coop_split is None, name
+    assert FGVCAircraft.image_dir == "fgvc-aircraft-2013b/data/images"
+    assert ImageNet.image_dir == "images"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults_follow_the_source(tmp_path):
+    for name in BENCHMARK:
+        settings = DatasetSettings.from_params(name, {"source": name, "root": "data/x"})
+        assert (settings.protocol, settings.allow_repeats, settings.split_file) == (
+            "coop", True, None), name
+        assert settings.root == Path("data/x") and settings.options == {}
+    for name in ("imagenette", "cub200", "image_folder", "synthetic"):
+        settings = DatasetSettings.from_params(name, {"source": name, "root": "x"})
+        assert (settings.protocol, settings.allow_repeats) == ("official", False), name
+        assert settings.split_file_path() is None
+    # CoOp uses the official lists of these: coop and official read the same files.
+    for name in ("fgvc_aircraft", "imagenet"):
+        assert DatasetSettings.from_params(name, {"source": name, "root": "x"}
+                                           ).split_file_path() is None
+
+
+def test_settings_official_protocol_reads_the_source_lists(tmp_path):
+    settings = DatasetSettings.from_params("flowers", {
+        "source": "flowers102", "root": str(tmp_path), "protocol": "official",
+        "allow_repeats": False})
+    assert settings.split_file_path() is None
+    assert not settings.allow_repeats
+
+
+def test_settings_split_file_overrides_protocol_for_any_source(tmp_path, make_image):
+    for rel in ("cat/1.jpg", "cat/2.jpg", "dog/3.jpg", "dog/4.jpg", "dog/5.jpg"):
+        make_image(tmp_path / "photos" / rel)
+    (tmp_path / "photos" / "lab_split.json").write_text(json.dumps({
+        "train": [["cat/1.jpg", 0, "tabby_cat"], ["dog/3.jpg", 1, "dog"]],
+        "val": [["dog/4.jpg", 1, "dog"]],
+        "test": [["cat/2.jpg", 0, "tabby_cat"]],
+    }))
+    settings = DatasetSettings.from_params("mine", {
+        "source": "image_folder", "root": str(tmp_path / "photos"),
+        "split_file": "lab_split.json"})
+    assert settings.protocol == "official"
+    assert settings.split_file_path() == tmp_path / "photos" / "lab_split.json"
+    frame = get_source("image_folder").index_split_file(settings.root, settings.split_file_path())
+    assert rows(frame) == [("cat/1.jpg", 0, "tabby cat", "train"),
+                           ("cat/2.jpg", 0, "tabby cat", "test"),
+                           ("dog/3.jpg", 1, "dog", "train"),
+                           ("dog/4.jpg", 1, "dog", "val")]
+    # A benchmark source with a lab's file: the file wins over CoOp's.
+    absolute = DatasetSettings.from_params("f", {"source": "flowers102", "root": "r",
+                                                 "split_file": str(tmp_path / "s.json")})
+    assert absolute.split_file_path() == tmp_path / "s.json"
+    # protocol coop on a source CoOp never used is fine once a split file is given.
+    DatasetSettings.from_params("m", {"source": "image_folder", "root": "r",
+                                      "protocol": "coop", "split_file": "s.json"})
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({"source": "flowers102", "root": "r", "protcol": "coop"},
+     r"dataset_configs\.flowers\.protcol: unknown key\(s\); a dataset entry takes "
+     r"\['source', 'root', 'options', 'protocol', 'split_file', 'allow_repeats'\]"),
+    ({"source": "flowers102"}, r"dataset_configs\.flowers needs 'source' and 'root'"),
+    ({"source": "flowers102", "root": "r", "protocol": "zhou"},
+     r"dataset_configs\.flowers\.protocol must be one of \['coop', 'official'\], got 'zhou'"),
+    ({"source": "image_folder", "root": "r", "protocol": "coop"},
+     r"dataset_configs\.flowers\.protocol: source 'image_folder' is not one of CoOp's"),
+    ({"source": "flowers102", "root": "r", "allow_repeats": "yes"},
+     r"dataset_configs\.flowers\.allow_repeats must be true or false, got 'yes'"),
+    ({"source": "flowers103", "root": "r"},
+     r"dataset_configs\.flowers\.source: Unknown data source 'flowers103'"),
+    ({"source": "flowers102", "root": "r", "options": {"colour": "red"}},
+     r"dataset_configs\.flowers\.options: source 'flowers102' has no option\(s\) \['colour'\]"),
+    ({"source": "flowers102", "root": "r", "options": ["partition"]},
+     r"dataset_configs\.flowers\.options must be a mapping"),
+    ({"source": "flowers102", "root": 3}, r"dataset_configs\.flowers\.root must be a path"),
+])
+def test_settings_errors_name_the_parameter(params, expected):
+    with pytest.raises(SourceError, match=expected):
+        DatasetSettings.from_params("flowers", params)
+
+
+def test_settings_are_frozen():
+    settings = DatasetSettings.from_params("f", {"source": "flowers102", "root": "r"})
+    with pytest.raises(AttributeError):
+        settings.protocol = "official"

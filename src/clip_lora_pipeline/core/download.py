@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import gdown
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class RemoteFile:
     ``md5`` is checked when the publisher gives one. ``extract`` unpacks the archive
     into the dataset root and then deletes it. ``provides`` is the path, relative to
     the root, that exists once this file is in place; it is how a re-run knows the
-    file is no longer missing.
+    file is no longer missing. ``drive_id`` marks a Google Drive file, fetched with
+    gdown instead of a plain GET.
     """
 
     url: str
@@ -42,6 +44,15 @@ class RemoteFile:
     provides: str
     md5: str | None = None
     extract: bool = False
+    drive_id: str | None = None
+
+    @classmethod
+    def google_drive(cls, drive_id: str, filename: str, provides: str | None = None,
+                     md5: str | None = None, extract: bool = False) -> RemoteFile:
+        """A file shared on Google Drive (CoOp's split files). ``url`` is the page a
+        person opens to fetch it by hand."""
+        return cls(f"https://drive.google.com/file/d/{drive_id}/view", filename,
+                   provides or filename, md5, extract, drive_id)
 
 
 def md5_of(path: Path) -> str:
@@ -53,12 +64,59 @@ def md5_of(path: Path) -> str:
 
 
 def _manual_placement_hint(remote: RemoteFile, target: Path) -> str:
+    done = [f"checked against md5 {remote.md5}"] if remote.md5 else []
+    if remote.extract:
+        done.append("unpacked in place")
     return (
         f"Without network access, download {remote.url} on another machine and "
-        f"place it at {target}, then re-run; it is checked"
-        + (f" against md5 {remote.md5}" if remote.md5 else "")
-        + " and unpacked in place."
+        f"place it at {target}, then re-run"
+        + (f"; it is {' and '.join(done)}." if done else ".")
     )
+
+
+def _receive_http(remote: RemoteFile, part: Path, timeout: float) -> str:
+    """Write ``remote`` to ``part`` and return its md5, hashed on the way in (no
+    second pass over a 5 GB archive); fail when the transfer stops short."""
+    request = urllib.request.Request(remote.url, headers={"User-Agent": _USER_AGENT})
+    digest = hashlib.md5(usedforsecurity=False)
+    received = 0
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            expected = response.length
+            with (
+                open(part, "wb") as out,
+                tqdm(total=expected, unit="B", unit_scale=True, desc=remote.filename) as bar,
+            ):
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DownloadError(f"Could not download {remote.url}: {reason}.") from exc
+    if expected is not None and received != expected:
+        raise DownloadError(
+            f"Download of {remote.url} stopped after {received} of {expected} bytes. "
+            "Re-run to try again."
+        )
+    return digest.hexdigest()
+
+
+def _receive_drive(remote: RemoteFile, part: Path, timeout: float) -> str | None:
+    """Write the Google Drive file ``remote.drive_id`` to ``part`` with gdown, which
+    handles Drive's confirmation page for large files. gdown writes into our open
+    file, so its own temporary files never land beside the dataset."""
+    try:
+        with open(part, "wb") as out:
+            gdown.download(id=remote.drive_id, output=out, quiet=False,
+                           use_cookies=False, timeout=timeout)
+    # gdown raises its own, requests' and OS errors alike; each means the same here.
+    except Exception as exc:
+        raise DownloadError(
+            f"Could not download {remote.filename} from Google Drive ({remote.url}): {exc}."
+        ) from exc
+    return None  # hashed from disk by the caller, when an md5 is known
 
 
 def download_file(remote: RemoteFile, dest_dir: Path, timeout: float = 30.0) -> Path:
@@ -77,39 +135,16 @@ def download_file(remote: RemoteFile, dest_dir: Path, timeout: float = 30.0) -> 
         target.unlink()
 
     part = target.with_name(target.name + ".part")
-    request = urllib.request.Request(remote.url, headers={"User-Agent": _USER_AGENT})
-    digest = hashlib.md5(usedforsecurity=False)
-    received = 0
+    receive = _receive_drive if remote.drive_id else _receive_http
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            expected = response.length
-            with (
-                open(part, "wb") as out,
-                tqdm(total=expected, unit="B", unit_scale=True, desc=remote.filename) as bar,
-            ):
-                for block in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+        digest = receive(remote, part, timeout)
+    except DownloadError as exc:
         part.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
-        raise DownloadError(
-            f"Could not download {remote.url}: {reason}. "
-            + _manual_placement_hint(remote, target)
-        ) from exc
-
-    if expected is not None and received != expected:
+        raise DownloadError(f"{exc} {_manual_placement_hint(remote, target)}") from exc
+    if remote.md5 is not None and (actual := digest or md5_of(part)) != remote.md5:
         part.unlink(missing_ok=True)
         raise DownloadError(
-            f"Download of {remote.url} stopped after {received} of {expected} bytes. "
-            "Re-run to try again. " + _manual_placement_hint(remote, target)
-        )
-    if remote.md5 is not None and digest.hexdigest() != remote.md5:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{remote.url} has md5 {digest.hexdigest()}, expected {remote.md5}. "
+            f"{remote.url} has md5 {actual}, expected {remote.md5}. "
             "The file is corrupt or the publisher changed it; nothing was kept."
         )
     os.replace(part, target)

@@ -14,8 +14,18 @@ from tqdm.auto import tqdm
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 
-# Per-dataset templates in the style of the CLIP paper's prompt engineering.
+# Per-dataset templates in the style of the CLIP paper's prompt engineering; for the
+# datasets added with CoOp's protocol, the per-dataset templates of CoOp / Tip-Adapter
+# (ImageNet: Tip-Adapter's 7-template ensemble). CLIP-LoRA itself prompts every dataset
+# with "a photo of a {}." (the 'simple' set).
 DATASET_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "imagenet": ("itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+                 "a photo of the large {}.", "a {} in a video game.", "art of the {}.",
+                 "a photo of the small {}."),
+    "sun397": ("a photo of a {}.",),
+    "stanford_cars": ("a photo of a {}.",),
+    "fgvc_aircraft": ("a photo of a {}, a type of aircraft.",),
+    "ucf101": ("a photo of a person doing {}.",),
     "flowers102": ("a photo of a {}, a type of flower.",),
     "eurosat": ("a centered satellite photo of {}.", "a centered satellite photo of a {}.",
                 "a centered satellite photo of the {}."),
@@ -43,6 +53,11 @@ DATASET_TEMPLATES: dict[str, tuple[str, ...]] = {
 
 class PromptError(ValueError):
     """A prompt set is unknown or malformed."""
+
+
+def has_dataset_templates(source: str | None) -> bool:
+    """Whether the ``dataset`` prompt set has templates of its own for ``source``."""
+    return source in DATASET_TEMPLATES
 
 
 def templates_for(prompt_set: str | Sequence[str], source: str) -> list[str]:

@@ -9,18 +9,24 @@ from clip_lora_pipeline.core.sources.caltech101 import Caltech101
 from clip_lora_pipeline.core.sources.cub import CUB200
 from clip_lora_pipeline.core.sources.dtd import DTD
 from clip_lora_pipeline.core.sources.eurosat import EuroSAT
+from clip_lora_pipeline.core.sources.fgvc_aircraft import FGVCAircraft
 from clip_lora_pipeline.core.sources.flowers102 import Flowers102
 from clip_lora_pipeline.core.sources.food101 import Food101
 from clip_lora_pipeline.core.sources.image_folder import ImageFolder
+from clip_lora_pipeline.core.sources.imagenet import ImageNet
 from clip_lora_pipeline.core.sources.imagenette import Imagenette
 from clip_lora_pipeline.core.sources.oxford_pets import OxfordPets
+from clip_lora_pipeline.core.sources.stanford_cars import StanfordCars
+from clip_lora_pipeline.core.sources.sun397 import SUN397
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
+from clip_lora_pipeline.core.sources.ucf101 import UCF101
 
 SOURCES: dict[str, Source] = {
     source.name: source
     for source in (
-        Flowers102(), EuroSAT(), Imagenette(), DTD(), OxfordPets(), Caltech101(), Food101(),
-        CUB200(), ImageFolder(), Synthetic(),
+        Flowers102(), EuroSAT(), DTD(), OxfordPets(), Caltech101(), Food101(), ImageNet(),
+        SUN397(), StanfordCars(), FGVCAircraft(), UCF101(), Imagenette(), CUB200(),
+        ImageFolder(), Synthetic(),
     )
 }
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from clip_lora_pipeline.core.download import RemoteFile, fetch, missing_files
+from clip_lora_pipeline.core.split_file import read_split_file
 
 
 class SourceError(ValueError):
@@ -22,10 +23,18 @@ class Source(ABC):
     ``remote_files`` lists what the publisher hosts; ``prepare`` fetches whatever of
     it is missing under ``root``; ``index`` reads the on-disk layout into a manifest.
     Options from the dataset's parameters are passed as keyword arguments to all three.
+
+    The few-shot benchmark sources (CoOp's 11 datasets) set ``coop_protocol``, and
+    ``coop_split`` to CoOp's split file where CoOp uses one (None where CoOp reads the
+    official lists, as ``index`` does). ``image_dir`` is the folder, relative to the
+    root, that a split file's paths start from.
     """
 
     name: ClassVar[str]
     layout: ClassVar[str] = ""
+    coop_protocol: ClassVar[bool] = False
+    coop_split: ClassVar[RemoteFile | None] = None
+    image_dir: ClassVar[str] = ""
 
     def remote_files(self, **options: Any) -> list[RemoteFile]:
         return []
@@ -40,6 +49,10 @@ class Source(ABC):
     def index(self, root: Path, **options: Any) -> pd.DataFrame:
         """Read the on-disk layout under ``root`` into a manifest."""
 
+    def index_split_file(self, root: Path, split_file: Path) -> pd.DataFrame:
+        """The manifest a CoOp-format split file gives, its paths under ``image_dir``."""
+        return read_split_file(split_file, root, self.image_dir, self.layout)
+
     def check_options(self, dataset: str, options: dict[str, Any]) -> None:
         """Reject option names this source does not take, naming the parameter."""
         accepted = {
@@ -50,7 +63,8 @@ class Source(ABC):
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise SourceError(
-                f"datasets.{dataset}: source '{self.name}' has no option(s) {unknown}; "
+                f"dataset_configs.{dataset}.options: source '{self.name}' has no "
+                f"option(s) {unknown}; "
                 f"it takes {sorted(accepted) or 'no options'}."
             )
 

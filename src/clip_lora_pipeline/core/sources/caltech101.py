@@ -11,11 +11,12 @@ from clip_lora_pipeline.core.download import RemoteFile, extract_archive, fetch
 from clip_lora_pipeline.core.manifest import make_manifest
 from clip_lora_pipeline.core.sources.base import Source
 
-# CoOp drops the background class and the duplicate hard faces class.
-EXCLUDED = {"BACKGROUND_Google", "Faces"}
+# As CoOp (datasets/caltech101.py): the background class and the cropped duplicate of
+# the faces class (Faces_easy) are dropped; Faces is the class "face".
+EXCLUDED = {"BACKGROUND_Google", "Faces_easy"}
 RENAMED = {
     "airplanes": "airplane",
-    "Faces_easy": "face",
+    "Faces": "face",
     "Leopards": "leopard",
     "Motorbikes": "motorbike",
 }
@@ -28,7 +29,14 @@ def readable_class_name(folder: str) -> str:
 
 class Caltech101(Source):
     name = "caltech101"
-    layout = f"  {_IMAGES}/<class>/image_<n>.jpg"
+    layout = (
+        f"  {_IMAGES}/<class>/image_<n>.jpg\n"
+        "  split_zhou_Caltech101.json   (protocol coop: CoOp's split)"
+    )
+    coop_protocol = True
+    coop_split = RemoteFile.google_drive("1hyarUivQE36mY6jSomru6Fjd-JzwcCzN",
+                                         "split_zhou_Caltech101.json")
+    image_dir = _IMAGES
 
     def remote_files(self) -> list[RemoteFile]:
         # The zip holds 101_ObjectCategories.tar.gz, which prepare() unpacks in turn.

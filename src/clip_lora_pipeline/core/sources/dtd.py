@@ -15,8 +15,13 @@ class DTD(Source):
     name = "dtd"
     layout = (
         "  dtd/images/<texture>/<texture>_<n>.jpg\n"
-        "  dtd/labels/{train,val,test}<partition>.txt   (lines: <texture>/<file>.jpg)"
+        "  dtd/labels/{train,val,test}<partition>.txt   (lines: <texture>/<file>.jpg)\n"
+        "  split_zhou_DescribableTextures.json         (protocol coop: CoOp's split)"
     )
+    coop_protocol = True
+    coop_split = RemoteFile.google_drive("1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x",
+                                         "split_zhou_DescribableTextures.json")
+    image_dir = "dtd/images"
 
     def remote_files(self, partition: int = 1) -> list[RemoteFile]:
         return [

@@ -10,24 +10,32 @@ from clip_lora_pipeline.core.download import RemoteFile
 from clip_lora_pipeline.core.manifest import make_manifest
 from clip_lora_pipeline.core.sources.base import Source, SourceError
 
-# The CLIP paper's names for the folder codes.
+# CoOp's names for the folder codes (datasets/eurosat.py NEW_CNAMES), the ones in its
+# split file, so both protocols prompt with the same words.
 CLASS_NAMES = {
-    "AnnualCrop": "annual crop land",
-    "Forest": "forest",
-    "HerbaceousVegetation": "brushland or shrubland",
-    "Highway": "highway or road",
-    "Industrial": "industrial buildings or commercial buildings",
-    "Pasture": "pasture land",
-    "PermanentCrop": "permanent crop land",
-    "Residential": "residential buildings or homes or apartments",
-    "River": "river",
-    "SeaLake": "lake or sea",
+    "AnnualCrop": "Annual Crop Land",
+    "Forest": "Forest",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings",
+    "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land",
+    "Residential": "Residential Buildings",
+    "River": "River",
+    "SeaLake": "Sea or Lake",
 }
 
 
 class EuroSAT(Source):
     name = "eurosat"
-    layout = "  2750/<ClassCode>/<ClassCode>_<n>.jpg   (from EuroSAT.zip)"
+    layout = (
+        "  2750/<ClassCode>/<ClassCode>_<n>.jpg   (from EuroSAT.zip)\n"
+        "  split_zhou_EuroSAT.json                (protocol coop: CoOp's split)"
+    )
+    coop_protocol = True
+    coop_split = RemoteFile.google_drive("1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o",
+                                         "split_zhou_EuroSAT.json")
+    image_dir = "2750"
 
     def remote_files(self) -> list[RemoteFile]:
         return [

@@ -21,8 +21,13 @@ class Flowers102(Source):
     layout = (
         "  jpg/image_00001.jpg ... image_08189.jpg   (from 102flowers.tgz)\n"
         "  imagelabels.mat                          (labels, 1-based)\n"
-        "  setid.mat                                (trnid, valid, tstid)"
+        "  setid.mat                                (trnid, valid, tstid)\n"
+        "  split_zhou_OxfordFlowers.json            (protocol coop: CoOp's split)"
     )
+    coop_protocol = True
+    coop_split = RemoteFile.google_drive("1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
+                                         "split_zhou_OxfordFlowers.json")
+    image_dir = "jpg"
 
     def remote_files(self) -> list[RemoteFile]:
         return [

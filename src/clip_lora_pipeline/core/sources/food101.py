@@ -16,8 +16,13 @@ class Food101(Source):
     name = "food101"
     layout = (
         "  food-101/images/<class>/<id>.jpg\n"
-        "  food-101/meta/classes.txt, train.json, test.json"
+        "  food-101/meta/classes.txt, train.json, test.json\n"
+        "  split_zhou_Food101.json   (protocol coop: CoOp's split)"
     )
+    coop_protocol = True
+    coop_split = RemoteFile.google_drive("1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl",
+                                         "split_zhou_Food101.json")
+    image_dir = "food-101/images"
 
     def remote_files(self) -> list[RemoteFile]:
         return [

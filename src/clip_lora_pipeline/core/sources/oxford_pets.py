@@ -17,8 +17,13 @@ class OxfordPets(Source):
     name = "oxford_pets"
     layout = (
         "  images/<Breed_Name>_<n>.jpg\n"
-        "  annotations/{trainval,test}.txt   (lines: <image id> <class id> <species> <breed id>)"
+        "  annotations/{trainval,test}.txt   (lines: <image id> <class id> <species> <breed id>)\n"
+        "  split_zhou_OxfordPets.json        (protocol coop: CoOp's split)"
     )
+    coop_protocol = True
+    coop_split = RemoteFile.google_drive("1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs",
+                                         "split_zhou_OxfordPets.json")
+    image_dir = "images"
 
     def remote_files(self) -> list[RemoteFile]:
         return [

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from clip_lora_pipeline.core.dataset_settings import DatasetSettings
+from clip_lora_pipeline.core.download import fetch
 from clip_lora_pipeline.core.images import validate_images
-from clip_lora_pipeline.core.sources import SourceError, get_source
+from clip_lora_pipeline.core.sources import get_source
 from clip_lora_pipeline.core.splits import (
     check_classes_present,
     sample_few_shot,
@@ -18,32 +19,36 @@ from clip_lora_pipeline.core.splits import (
 
 logger = logging.getLogger(__name__)
 
-_DATASET_KEYS = {"source", "root", "options"}
+# A node sees its dataset's entry, not the key it sits under in dataset_configs.
+_UNNAMED = "<dataset>"
 
 
-def _source_and_root(dataset: dict[str, Any]):
-    unknown = sorted(set(dataset) - _DATASET_KEYS)
-    if unknown or "source" not in dataset or "root" not in dataset:
-        raise SourceError(
-            f"A dataset entry needs 'source' and 'root' (and optionally 'options'); got keys "
-            f"{sorted(dataset)}. Example:\n  dataset_configs:\n    flowers102:\n      source: "
-            "flowers102\n      root: data/01_raw/flowers102"
-        )
-    return get_source(dataset["source"]), Path(dataset["root"]), dict(dataset.get("options") or {})
+def _settings(dataset: dict[str, Any]) -> DatasetSettings:
+    return DatasetSettings.from_params(_UNNAMED, dataset)
 
 
 def download(dataset: dict[str, Any], download_options: dict[str, Any]) -> pd.DataFrame:
-    """Fetch whatever of the dataset is missing under its root, then index it."""
-    source, root, options = _source_and_root(dataset)
-    source.check_options(dataset["source"], options)
+    """Fetch whatever of the dataset is missing under its root, then index it: from its
+    split file (CoOp's, fetched alongside the images, or ``split_file``) or from the
+    source's own lists."""
+    settings = _settings(dataset)
+    source, root, options = get_source(settings.source), settings.root, settings.options
+    timeout = download_options.get("timeout", 30.0)
     if source.is_prepared(root, **options):
         logger.info("%s: files already in %s", source.name, root)
     else:
         logger.info("%s: fetching missing files into %s", source.name, root)
-        source.prepare(root, timeout=download_options.get("timeout", 30.0), **options)
-    manifest = source.index(root, **options)
+        source.prepare(root, timeout=timeout, **options)
+    split_file = settings.split_file_path()
+    if split_file is None:
+        manifest = source.index(root, **options)
+    else:
+        if settings.split_file is None:  # CoOp's own split file
+            fetch([source.coop_split], root, timeout=timeout)
+        manifest = source.index_split_file(root, split_file)
     logger.info(
-        "%s: %d images in %d classes", source.name, len(manifest), manifest["label"].nunique()
+        "%s: %d images in %d classes (%s)", source.name, len(manifest),
+        manifest["label"].nunique(), split_file or f"protocol {settings.protocol}",
     )
     return manifest
 
@@ -52,7 +57,7 @@ def validate(
     manifest: pd.DataFrame, dataset: dict[str, Any], validation: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode every image once; return the usable images and the rejected ones."""
-    _, root, _ = _source_and_root(dataset)
+    root = _settings(dataset).root
     images, rejected = validate_images(
         manifest,
         root,
@@ -90,15 +95,18 @@ def few_shot(
     shots: int | None,
     val_shots: int | None,
     seed: int,
+    dataset: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``shots`` images per class for training and ``val_shots`` (default min(shots, 4))
-    for validation; None means all."""
+    for validation; None means all. ``dataset``: its settings say whether a class with
+    fewer images than ``shots`` may be filled up with repeats."""
     classes = sorted(set(train_pool["class_name"]) | set(val_pool["class_name"])
                      | set(test["class_name"]))
     check_classes_present(train_pool, classes, "train")
     check_classes_present(val_pool, classes, "val")
     if val_shots is None and shots is not None:
         val_shots = min(shots, 4)
-    train = sample_few_shot(train_pool, shots, seed, "train")
-    val = sample_few_shot(val_pool, val_shots, seed, "val")
+    repeats = dataset is not None and _settings(dataset).allow_repeats
+    train = sample_few_shot(train_pool, shots, seed, "train", allow_repeats=repeats)
+    val = sample_few_shot(val_pool, val_shots, seed, "val", allow_repeats=repeats)
     return train, val
