@@ -88,13 +88,10 @@ def run_kedro(project: Path, *args: str, env: dict[str, str] | None = None):
     return result
 
 
-@pytest.fixture(scope="session")
-def smoke_project(tmp_path_factory) -> Path:
-    """A temporary copy of the project after ``kedro run --env smoke``. Shared by the
-    end-to-end tests, which read its outputs or re-run parts of it."""
+def copy_project(copy: Path) -> Path:
+    """The project's code and configuration (no conf/local, no data) under ``copy``."""
     import shutil
 
-    copy = tmp_path_factory.mktemp("project")
     shutil.copytree(PROJECT_ROOT / "conf", copy / "conf", ignore=shutil.ignore_patterns("local"))
     (copy / "conf" / "local").mkdir()
     for folder in ("src", "notebooks"):
@@ -102,6 +99,14 @@ def smoke_project(tmp_path_factory) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", copy / "pyproject.toml")
     (copy / "data").mkdir()
+    return copy
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory) -> Path:
+    """A temporary copy of the project after ``kedro run --env smoke``. Shared by the
+    end-to-end tests, which read its outputs or re-run parts of it."""
+    copy = copy_project(tmp_path_factory.mktemp("project"))
     run_kedro(copy, "run", "--env", "smoke")
     return copy
 

@@ -31,15 +31,23 @@ def test_smoke_run_reports_every_method(smoke_project):
         row = comparison.set_index("method").loc[method]
         assert row["top1"] == metrics["top1"]
         folder = reports / "synthetic" / method
-        for png in ["confusion_matrix.png", "sample_predictions.png"] + (
+        for png in ["confusion_matrix.png"] + (
                 ["training_curves.png"] if method in ("lora", "bitfit") else []):
             assert (folder / png).read_bytes().startswith(b"\x89PNG"), folder / png
+        assert (folder / "sample_predictions.html").read_text().count(
+            "data:image/jpeg;base64,") == 16
         assert (folder / "most_confused_pairs.parquet").exists()
+        assert row["n_test_images"] == 36 and row["n_classes"] == 6
+        assert row["top1_ci_low"] <= row["top1"] <= row["top1_ci_high"]
     f1 = pd.read_parquet(reports / "synthetic/per_class_f1.parquet")
     assert f1.columns.tolist() == ["class_name", "support", *METHODS] and len(f1) == 6
     markdown = (reports / "comparison.md").read_text()
     assert all(f"| synthetic | {m} |" in markdown for m in METHODS)
     assert (reports / "accuracy.png").exists() and (reports / "report.html").exists()
+    record = json.loads((reports / "run_record.json").read_text())
+    assert record["splits"]["synthetic"]["test"] == 36
+    assert set(record["methods"]) == set(METHODS)
+    assert record["environment"]["versions"]["torch"]
 
 
 def _chromium() -> str | None:
@@ -71,13 +79,16 @@ def test_report_opens_in_chromium_with_every_image_and_no_errors(smoke_project, 
             "Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
         headers = page.locator("#comparison thead th").all_inner_texts()
         rows = page.locator("#comparison tbody tr").all_inner_texts()
+        record = page.locator("#run-record").inner_text()
         screenshot = tmp_path / "report.png"
         page.screenshot(path=str(screenshot))
         browser.close()
-    # accuracy chart, then per method a confusion matrix and a grid, plus 2 training curves
-    assert len(images) == 1 + 2 * len(METHODS) + 2
+    # accuracy chart, per method a confusion matrix and 16 sample thumbnails, 2 training
+    # curves
+    assert len(images) == 1 + 17 * len(METHODS) + 2
     assert [alt for alt, loaded in images if not loaded] == []
-    assert headers[:3] == ["dataset", "method", "top-1"]
+    assert headers[:3] == ["dataset", "method", "top-1 (95% CI)"]
+    assert "git commit" in record and "How this run was made" in record
     assert [r.split("\t")[1] for r in rows] == METHODS
     assert problems == []
     assert screenshot.stat().st_size > 20_000
@@ -91,18 +102,18 @@ def test_kedro_viz_build_exports_every_pipeline_offline(smoke_project):
     run_kedro(smoke_project, "viz", "build", "--include-previews", env={"KEDRO_ENV": "smoke"})
     main = json.loads((smoke_project / "build/api/main").read_text())
     assert {p["id"] for p in main["pipelines"]} >= {
-        "__default__", "data", "zero_shot", "linear_probe", "lora", "reporting"}
+        "__default__", "data", "zero_shot", "linear_probe", "lora", "reporting", "sweep"}
     assert {"raw", "intermediate", "primary", "feature", "model", "reporting"} <= set(
         main["layers"])
     tasks = {n["name"]: n for n in main["nodes"] if n["type"] == "task"}
-    for name in ("download", "encode_images", "train_lora", "train_bitfit", "linear_probe",
-                 "report_confusion_lora", "comparison", "report"):
+    for name in ("download", "encode_test", "encode_few_shot", "train_lora", "train_bitfit",
+                 "linear_probe", "report_confusion_lora", "comparison", "report"):
         assert name in tasks, sorted(tasks)
     assert "gpu" in tasks["train_lora"]["tags"]
     data = {n["name"]: n for n in main["nodes"] if n["type"] == "data"}
-    assert data["synthetic.report_confusion_lora"]["layer"] == "reporting"
-    assert data["report"]["layer"] == "reporting"
-    node_id = data["synthetic.report_confusion_lora"]["id"]
+    assert data["shots_8_seed_1.synthetic.report_confusion_lora"]["layer"] == "reporting"
+    assert data["shots_8_seed_1.report"]["layer"] == "reporting"
+    node_id = data["shots_8_seed_1.synthetic.report_confusion_lora"]["id"]
     detail = json.loads((smoke_project / "build/api/nodes" / node_id).read_text())
     assert detail["preview_type"] == "ImagePreview" and len(detail["preview"]) > 1000
 

@@ -23,9 +23,21 @@ from kedro_datasets.text import TextDataset as _TextDataset
 
 
 class AtomicSaveMixin:
-    """Stage a local save under a temporary name, then ``os.replace`` it."""
+    """Stage a local save under a temporary name, then ``os.replace`` it.
+
+    ``remake: true`` (for cheap summaries: reports, comparison tables, sweep aggregates)
+    makes the dataset count as missing, so ``--only-missing-outputs`` remakes it from
+    its inputs on every run that includes its node, instead of keeping a stale one.
+    """
 
     _staging: PurePosixPath | None = None
+
+    def __init__(self, *args: Any, remake: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._remake = remake
+
+    def _exists(self) -> bool:
+        return not self._remake and super()._exists()
 
     def _get_save_path(self) -> PurePosixPath:
         return self._staging or super()._get_save_path()

@@ -5,53 +5,102 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from clip_lora_pipeline import project_config
+from clip_lora_pipeline.core.cells import Cell, SweepSettings
 from clip_lora_pipeline.pipelines.data import pipeline as data
 from clip_lora_pipeline.pipelines.linear_probe import pipeline as linear_probe
 from clip_lora_pipeline.pipelines.lora import pipeline as lora
 from clip_lora_pipeline.pipelines.predict import pipeline as predict
 from clip_lora_pipeline.pipelines.reporting import pipeline as reporting
+from clip_lora_pipeline.pipelines.reporting.pipeline import method_results
+from clip_lora_pipeline.pipelines.sweep import pipeline as sweep
 from clip_lora_pipeline.pipelines.zero_shot import pipeline as zero_shot
 
 
-def register_pipelines() -> dict[str, Pipeline]:
-    """One namespace per configured dataset, e.g. ``flowers102.split``.
+def _total(pipelines) -> Pipeline:
+    return sum(pipelines, Pipeline([]))
 
-    Each pipeline includes the steps it depends on, so ``kedro run --pipeline zero_shot``
-    works from a fresh checkout; ``--only-missing-outputs`` skips finished ones.
+
+class _Project:
+    """The configured datasets, prompt sets and methods, and the pipelines per cell."""
+
+    def __init__(self, params):
+        self.names = project_config.dataset_names(params)
+        self.prompt_sets = {n: project_config.prompt_sets_for(params, n) for n in self.names}
+        self.methods = project_config.adaptation_method_names(params)
+        self.head_prompt_set = project_config.text_init_head_prompt_set(params)
+        self.probes = project_config.probe_method_names(params)
+
+    def data(self, cells: list[Cell]) -> Pipeline:
+        return _total(data.for_dataset(n) + _total(data.for_cell(n, c) for c in cells)
+                      for n in self.names)
+
+    def zero_shot(self) -> Pipeline:
+        return _total(zero_shot.for_dataset(n, self.prompt_sets[n]) for n in self.names)
+
+    def probes_pipeline(self, cells: list[Cell]) -> Pipeline:
+        pipeline = _total(
+            zero_shot.encode_test_for_dataset(n)
+            + _total(zero_shot.embeddings_for_cell(n, c)
+                     + linear_probe.for_cell(n, c, self.head_prompt_set) for c in cells)
+            for n in self.names)
+        if self.head_prompt_set is not None:
+            pipeline += _total(zero_shot.text_classifier_for_dataset(n, self.head_prompt_set)
+                               for n in self.names)
+        return pipeline
+
+    def adaptation(self, cells: list[Cell]) -> Pipeline:
+        return _total(lora.for_cell(n, c, self.methods) for n in self.names for c in cells)
+
+    def reporting(self, cell: Cell) -> Pipeline:
+        return _total(
+            reporting.for_cell(n, cell, self.prompt_sets[n], self.probes, self.methods)
+            for n in self.names) + reporting.create_summary_pipeline(
+                self.names, cell, self.report_methods)
+
+    @property
+    def report_methods(self) -> list[str]:
+        """Every method of the comparison, in its order (prompt sets of all datasets)."""
+        prompt_sets = dict.fromkeys(s for n in self.names for s in self.prompt_sets[n])
+        return list(method_results(list(prompt_sets), self.probes, self.methods))
+
+    def sweep_aggregate(self, grid: SweepSettings) -> Pipeline:
+        per_cell = {n: method_results([], self.probes, self.methods) for n in self.names}
+        zero = {n: [f"zero_shot_{s}" for s in self.prompt_sets[n]] for n in self.names}
+        return sweep.create_aggregate_pipeline(grid, per_cell, zero)
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """One namespace per configured dataset (``flowers102.split``), and inside it one
+    per few-shot cell (``flowers102.shots_16_seed_1.train_lora``).
+
+    A single run is the cell of ``shots`` and ``few_shot_seed``; ``sweep`` runs every
+    cell of ``sweep.shots`` x ``sweep.seeds``. Each pipeline includes the steps it
+    depends on, so ``kedro run --pipeline zero_shot`` works from a fresh checkout.
     """
     params = project_config.parameters()
-    names = project_config.dataset_names(params)
-    prompt_sets = project_config.prompt_set_names(params)
-    methods = project_config.adaptation_method_names(params)
-    head_prompt_set = project_config.text_init_head_prompt_set(params)
-    probes = project_config.probe_method_names(params)
-    data_pipeline = sum((data.for_dataset(n) for n in names), Pipeline([]))
-    zero_shot_pipeline = data_pipeline + sum(
-        (zero_shot.for_dataset(n, prompt_sets) for n in names), Pipeline([])
-    )
-    probe_pipeline = data_pipeline + sum(
-        (zero_shot.embeddings_for_dataset(n) + linear_probe.for_dataset(n, head_prompt_set)
-         for n in names),
-        Pipeline([]),
-    )
-    if head_prompt_set is not None:
-        probe_pipeline += sum(
-            (zero_shot.text_classifier_for_dataset(n, head_prompt_set) for n in names),
-            Pipeline([]),
-        )
-    lora_pipeline = data_pipeline + sum(
-        (lora.for_dataset(n, methods) for n in names), Pipeline([])
-    )
-    reporting_pipeline = sum(
-        (reporting.for_dataset(n, prompt_sets, probes, methods) for n in names), Pipeline([])
-    ) + reporting.create_summary_pipeline(names)
+    project = _Project(params)
+    cell = Cell.from_params(params)
+    grid = SweepSettings.from_params(params.get("sweep"))
+    data_pipeline = project.data([cell])
+    zero_shot_pipeline = data_pipeline + project.zero_shot()
+    probe_pipeline = data_pipeline + project.probes_pipeline([cell])
+    lora_pipeline = data_pipeline + project.adaptation([cell])
+    reporting_pipeline = project.reporting(cell)
+    adapted = project.adaptation(grid.cells)
+    # A sweep compares numbers; merged exports of every cell would only fill the disk.
+    sweep_pipeline = (project.data(grid.cells) + project.zero_shot()
+                      + project.probes_pipeline(grid.cells)
+                      + (adapted - adapted.only_nodes_with_tags("export"))
+                      + project.sweep_aggregate(grid))
     return {
         "__default__": zero_shot_pipeline + probe_pipeline + lora_pipeline + reporting_pipeline,
         "reporting": reporting_pipeline,
         "lora": lora_pipeline,
         # Not in __default__: it needs the user's images and a trained model.
-        "predict": predict.for_parameters(params, names, prompt_sets, probes, methods),
+        "predict": predict.for_parameters(params, project.names, project.prompt_sets,
+                                          project.probes, project.methods, cell),
         "data": data_pipeline,
         "zero_shot": zero_shot_pipeline,
         "linear_probe": probe_pipeline,
+        "sweep": sweep_pipeline,
     }

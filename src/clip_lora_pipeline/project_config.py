@@ -9,11 +9,14 @@ list``) the configuration of ``KEDRO_ENV``, or of the default ``local`` environm
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from kedro.config import AbstractConfigLoader, OmegaConfigLoader
+
+logger = logging.getLogger(__name__)
 
 _active_loader: AbstractConfigLoader | None = None
 
@@ -59,6 +62,10 @@ def dataset_names(params: dict[str, Any]) -> list[str]:
             f"configured: {sorted(configs)}. Add e.g.\n  dataset_configs:\n    {unknown[0]}:\n"
             f"      source: image_folder\n      root: /path/to/{unknown[0]}"
         )
+    from clip_lora_pipeline.core.dataset_settings import DatasetSettings
+
+    for name in names:  # a typo fails here, named, before any node runs
+        DatasetSettings.from_params(name, configs[name])
     return list(names)
 
 
@@ -71,6 +78,22 @@ def _mapping_keys(params: dict[str, Any], key: str, what: str) -> list[str]:
 
 def prompt_set_names(params: dict[str, Any]) -> list[str]:
     return _mapping_keys(params, "prompt_sets", "simple, ensemble, dataset or a list of templates")
+
+
+def prompt_sets_for(params: dict[str, Any], dataset: str) -> list[str]:
+    """The prompt sets evaluated on ``dataset``: the ``dataset`` set only where its
+    source has templates of its own (elsewhere it would repeat ``simple`` under
+    another name)."""
+    from clip_lora_pipeline.core.prompts import has_dataset_templates
+
+    source = (params.get("dataset_configs") or {}).get(dataset, {}).get("source")
+    names = prompt_set_names(params)
+    kept = [n for n in names
+            if params["prompt_sets"][n] != "dataset" or has_dataset_templates(source)]
+    if kept != names:
+        logger.info("%s: prompt set(s) %s skipped: source %r has no dataset templates of its "
+                    "own", dataset, sorted(set(names) - set(kept)), source)
+    return kept
 
 
 def adaptation_method_names(params: dict[str, Any]) -> list[str]:

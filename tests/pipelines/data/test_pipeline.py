@@ -6,8 +6,9 @@ import pandas as pd
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from clip_lora_pipeline.core.cells import Cell
 from clip_lora_pipeline.datasets import ParquetDataset
-from clip_lora_pipeline.pipelines.data.pipeline import for_dataset
+from clip_lora_pipeline.pipelines.data.pipeline import for_cell, for_dataset
 
 OUTPUTS = ("manifest", "images", "rejected_images", "train_pool", "val_pool", "test",
            "train", "val")
@@ -24,26 +25,29 @@ def _run(workdir, shots=4, seed=1) -> dict[str, pd.DataFrame]:
         "params:validation": {"on_bad_image": "skip", "num_workers": 2},
         "params:split": {"seed": 0, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2},
                          "val_fraction_of_train": 0.2},
-        "params:shots": shots,
         "params:val_shots": None,
-        "params:few_shot_seed": seed,
     }
+    cell = Cell(shots, seed)
     datasets = {name: MemoryDataset(value) for name, value in params.items()}
-    for output in OUTPUTS:
+    names = {o: f"shapes.{cell.name}.{o}" if o in ("train", "val") else f"shapes.{o}"
+             for o in OUTPUTS}
+    for output, name in names.items():
         path = workdir / f"shots{shots}_seed{seed}" / f"{output}.parquet"
-        datasets[f"shapes.{output}"] = ParquetDataset(filepath=str(path))
+        datasets[name] = ParquetDataset(filepath=str(path))
     catalog = DataCatalog(datasets)
-    SequentialRunner().run(for_dataset("shapes"), catalog)
-    return {name: catalog.load(f"shapes.{name}") for name in ("train", "val", "test")}
+    SequentialRunner().run(for_dataset("shapes") + for_cell("shapes", cell), catalog)
+    return {name: catalog.load(names[name]) for name in ("train", "val", "test")}
 
 
-def test_pipeline_nodes_are_namespaced():
-    pipeline = for_dataset("shapes")
+def test_pipeline_nodes_are_namespaced_by_dataset_and_cell():
+    pipeline = for_dataset("shapes") + for_cell("shapes", Cell(4, 2))
     assert {n.name for n in pipeline.nodes} == {
-        "shapes.download", "shapes.validate", "shapes.split", "shapes.few_shot"
+        "shapes.download", "shapes.validate", "shapes.split", "shapes.shots_4_seed_2.few_shot"
     }
     assert "params:dataset_configs.shapes" in pipeline.inputs()
-    assert "params:shots" in pipeline.inputs()
+    # The cell's shots and seed are fixed in its node, not read from parameters.
+    assert not {"params:shots", "params:few_shot_seed"} & pipeline.inputs()
+    assert pipeline.outputs() >= {"shapes.shots_4_seed_2.train", "shapes.shots_4_seed_2.val"}
 
 
 def test_pipeline_runs_and_is_reproducible(tmp_path):

@@ -9,10 +9,11 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline.core.adapters import restore_trainer
+from clip_lora_pipeline.core.cells import Cell
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset, SafetensorsDataset
 from clip_lora_pipeline.pipelines.lora import nodes
-from clip_lora_pipeline.pipelines.lora.pipeline import for_dataset
+from clip_lora_pipeline.pipelines.lora.pipeline import for_cell
 from tests.conftest import synthetic_splits
 
 MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
@@ -23,6 +24,8 @@ METHODS = {
     "lora": {"method": "lora", **FAST, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}},
     "bitfit": {"method": "bitfit", **FAST, "bitfit": {"layernorm": True}},
 }
+CELL = Cell(shots=4, seed=1)
+OUT = "shapes.shots_4_seed_1"  # the cell's namespace
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +39,16 @@ def _catalog(tmp_path, data):
         "params:dataset_configs.shapes": MemoryDataset(dataset),
         "params:model": MemoryDataset(MODEL),
         "params:runtime": MemoryDataset(RUNTIME),
-        "params:shots": MemoryDataset(4),
         "params:checkpoint_root": MemoryDataset(str(tmp_path / "checkpoints")),
         **{f"params:adaptation_methods.{m}": MemoryDataset(v) for m, v in METHODS.items()},
     }
-    for name, frame in (("manifest", manifest), ("train", train), ("val", val), ("test", test)):
+    for name, frame in (("manifest", manifest), ("test", test)):
         entries[f"shapes.{name}"] = MemoryDataset(frame)
+    for name, frame in (("train", train), ("val", val)):
+        entries[f"{OUT}.{name}"] = MemoryDataset(frame)
     for method in METHODS:
         out = tmp_path / method
-        prefix = f"shapes.adapted_{method}"
+        prefix = f"{OUT}.adapted_{method}"
         entries[f"{prefix}_adapter"] = SafetensorsDataset(str(out / "adapter.safetensors"))
         entries[f"{prefix}_merged_model"] = SafetensorsDataset(str(out / "merged.safetensors"))
         entries[f"{prefix}_summary"] = JSONDataset(filepath=str(out / "summary.json"))
@@ -56,9 +60,9 @@ def _catalog(tmp_path, data):
 
 def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
     catalog = _catalog(tmp_path, data)
-    SequentialRunner().run(for_dataset("shapes", list(METHODS)), catalog)
+    SequentialRunner().run(for_cell("shapes", CELL, list(METHODS)), catalog)
     for method in METHODS:
-        prefix = f"shapes.adapted_{method}"
+        prefix = f"{OUT}.adapted_{method}"
         metrics = catalog.load(f"{prefix}_metrics")
         summary = catalog.load(f"{prefix}_summary")
         assert metrics["n_images"] == len(data[4]) and metrics["method"] == method
@@ -70,17 +74,17 @@ def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
         assert adapter["config"]["method"]["method"] == method
         assert sum(t.numel() for t in adapter["tensors"].values()) == \
             summary["trainable_parameters"]
-    lora_names = catalog.load("shapes.adapted_lora_adapter")["tensors"]
+    lora_names = catalog.load(f"{OUT}.adapted_lora_adapter")["tensors"]
     assert all("lora_" in name for name in lora_names)
-    bitfit_names = catalog.load("shapes.adapted_bitfit_adapter")["tensors"]
+    bitfit_names = catalog.load(f"{OUT}.adapted_bitfit_adapter")["tensors"]
     assert all(n.endswith((".bias", ".weight")) and "lora" not in n for n in bitfit_names)
 
 
 def test_merged_export_loads_into_plain_open_clip_and_matches(tmp_path, data):
     catalog = _catalog(tmp_path, data)
-    pipeline = for_dataset("shapes", ["lora"])
+    pipeline = for_cell("shapes", CELL, ["lora"])
     SequentialRunner().run(pipeline, catalog)
-    adapter = catalog.load("shapes.adapted_lora_adapter")
+    adapter = catalog.load(f"{OUT}.adapted_lora_adapter")
     trainer, loaded = restore_trainer(adapter, MODEL, RUNTIME)
     plain = open_clip.create_model(TINY_MODEL, pretrained=str(tmp_path / "lora" / "merged.safetensors"))
     plain.eval()
@@ -93,8 +97,8 @@ def test_merged_export_loads_into_plain_open_clip_and_matches(tmp_path, data):
 
 def test_evaluation_refuses_an_adapter_of_another_model(tmp_path, data):
     catalog = _catalog(tmp_path, data)
-    SequentialRunner().run(for_dataset("shapes", ["lora"]).only_nodes("shapes.train_lora"), catalog)
-    adapter = catalog.load("shapes.adapted_lora_adapter")
+    SequentialRunner().run(for_cell("shapes", CELL, ["lora"]).only_nodes(f"{OUT}.train_lora"), catalog)
+    adapter = catalog.load(f"{OUT}.adapted_lora_adapter")
     with pytest.raises(ValueError, match="re-run training"):
         nodes.evaluate_adapter(data[4], adapter, {}, data[0],
                                {**MODEL, "name": "ViT-B-32"}, RUNTIME)

@@ -14,6 +14,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline import project_config
+from clip_lora_pipeline.core.cells import Cell
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import PredictSettings, find_images, top_k_table
 from clip_lora_pipeline.datasets import CSVDataset, ParquetDataset, SafetensorsDataset
@@ -35,6 +36,7 @@ LORA = {"method": "lora", "lr": 5e-3, "max_steps": 6, "batch_size": 8, "eval_eve
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
 KINDS = ("zero_shot", "linear_probe", "text_init_head", "lora")
 PROBES = ["linear_probe", "text_init_head"]
+CELL = Cell(shots=3, seed=1)
 COLUMNS = ["file", "predicted_class", "confidence", "class_1", "prob_1", "class_2", "prob_2",
            "class_3", "prob_3"]  # top_k: 3
 
@@ -48,8 +50,8 @@ def shapes(tmp_path_factory):
 def models(shapes, tmp_path_factory):
     """Each kind of model with its own evaluation's predictions on the test split."""
     dataset, manifest, train, val, test = shapes
-    train_emb, val_emb, test_emb = zero_shot_nodes.encode_splits(
-        train, val, test, dataset, MODEL, RUNTIME)
+    train_emb, val_emb = zero_shot_nodes.encode_few_shot(train, val, dataset, MODEL, RUNTIME)
+    test_emb = zero_shot_nodes.encode_test(test, dataset, MODEL, RUNTIME)
     classifier = zero_shot_nodes.text_classifier(manifest, dataset, "simple", MODEL, RUNTIME)
     _, _, zero_shot_predictions = zero_shot_nodes.zero_shot(test_emb, classifier)
     probe, _, _, probe_predictions = linear_probe(
@@ -58,7 +60,7 @@ def models(shapes, tmp_path_factory):
         train_emb, val_emb, test_emb, classifier, {"strength_steps": 3}, 3)
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     adapter, _, summary = lora_nodes.train_adapter(
-        train, val, manifest, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints))
+        train, val, manifest, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints), seed=1)
     _, _, lora_predictions = lora_nodes.evaluate_adapter(
         test, adapter, summary, dataset, MODEL, RUNTIME)
     return {
@@ -174,9 +176,10 @@ def test_prompt_set_is_only_checked_for_zero_shot():
 def test_registry_adds_predict_outside_the_default_and_defers_parameter_errors(
     monkeypatch, tmp_path,
 ):
-    params = {"datasets": ["shapes"], "dataset_configs": {"shapes": {}},
+    params = {"datasets": ["shapes"],
+              "dataset_configs": {"shapes": {"source": "synthetic", "root": str(tmp_path)}},
               "prompt_sets": {"simple": "simple"}, "adaptation_methods": {"lora": {}},
-              "predict": _params("x", model="zero_shot")}
+              "shots": 3, "few_shot_seed": 1, "predict": _params("x", model="zero_shot")}
     monkeypatch.setattr(project_config, "parameters", lambda: params)
     pipelines = register_pipelines()
     predict = pipelines["predict"]
@@ -189,7 +192,7 @@ def test_registry_adds_predict_outside_the_default_and_defers_parameter_errors(
 
     params["predict"] = _params("x", model="lroa")
     pipelines = register_pipelines()  # the other pipelines still build
-    assert "shapes.train_lora" in {n.name for n in pipelines["lora"].nodes}
+    assert "shapes.shots_3_seed_1.train_lora" in {n.name for n in pipelines["lora"].nodes}
     with pytest.raises(ValueError, match=r"predict\.model is 'lroa'"):
         SequentialRunner().run(pipelines["predict"], DataCatalog())
 
@@ -259,9 +262,9 @@ def _catalog(out: Path, params: dict, models: dict) -> DataCatalog:
         "params:model": MemoryDataset(MODEL),
         "params:runtime": MemoryDataset(RUNTIME),
         "shapes.text_classifier_simple": classifier,
-        "shapes.linear_probe_model": probe,
-        "shapes.text_init_head_model": head,
-        "shapes.adapted_lora_adapter": adapter,
+        f"shapes.{CELL.name}.linear_probe_model": probe,
+        f"shapes.{CELL.name}.text_init_head_model": head,
+        f"shapes.{CELL.name}.adapted_lora_adapter": adapter,
     }
     for name in ("images", "rejected_images", "predictions"):
         entries[f"predict.{name}"] = ParquetDataset(filepath=str(out / f"{name}.parquet"))
@@ -276,7 +279,8 @@ def test_pipeline_predicts_the_good_files_and_lists_the_rest(kind, messy_folder,
                                                              tmp_path):
     folder, good = messy_folder
     params = _params(folder, kind)
-    pipeline = for_parameters({"predict": params}, ["shapes"], ["simple"], PROBES, ["lora"])
+    pipeline = for_parameters({"predict": params}, ["shapes"], {"shapes": ["simple"]}, PROBES,
+                              ["lora"], CELL)
     out = tmp_path / "out"
     catalog = _catalog(out, params, models)
     SequentialRunner().run(pipeline, catalog)

@@ -9,18 +9,27 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
+from clip_lora_pipeline.core.cells import Cell
 from clip_lora_pipeline.core.metrics import evaluate
-from clip_lora_pipeline.datasets import FigureDataset, ParquetDataset, TextDataset
+from clip_lora_pipeline.datasets import (
+    FigureDataset,
+    JSONDataset,
+    ParquetDataset,
+    TextDataset,
+)
 from clip_lora_pipeline.pipelines.reporting import nodes
 from clip_lora_pipeline.pipelines.reporting.pipeline import (
     create_summary_pipeline,
-    for_dataset,
+    for_cell,
     method_results,
 )
 from tests.conftest import write_image
 
 CLASSES = ["ant", "bee", "cow", "dog", "elk"]
 MODEL = {"name": "clip-lora-tiny", "pretrained": None, "checkpoint": None}
+CELL = Cell(shots=4, seed=1)
+C = f"pets.{CELL.name}"  # the cell's namespace
+R = f"{CELL.name}.pets"  # the cell's report on the dataset
 
 
 def _results(accuracy: float, seed: int, n: int = 20):
@@ -68,6 +77,11 @@ def test_comparison_node_stacks_datasets():
     assert markdown.count("| lora |") == 2 and isinstance(chart, Figure)
 
 
+def _manifest(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"path": [f"img/{i:03d}.png" for i in range(n)],
+                         "label": np.arange(n) % len(CLASSES)})
+
+
 def _catalog(tmp_path, methods: dict[str, str]) -> DataCatalog:
     catalog = DataCatalog()
     root = tmp_path / "images"
@@ -75,53 +89,82 @@ def _catalog(tmp_path, methods: dict[str, str]) -> DataCatalog:
         write_image(root / f"img/{i:03d}.png", seed=i)
     for k, (method, prefix) in enumerate(methods.items()):
         metrics, per_class, predictions = _results(0.2 + 0.3 * k, seed=k)
+        # zero-shot results are made once per dataset, the others per few-shot cell
+        where = "pets" if method.startswith("zero_shot") else C
         if method == "lora":
             metrics |= {"shots": 4, "trainable_parameters": 1000, "training_seconds": 3.0,
                         "peak_memory_mb": 512.0}
-            catalog[f"pets.{prefix}_history"] = MemoryDataset(_history())
-        catalog[f"pets.{prefix}_metrics"] = MemoryDataset(metrics)
-        catalog[f"pets.{prefix}_per_class"] = MemoryDataset(per_class)
-        catalog[f"pets.{prefix}_predictions"] = MemoryDataset(predictions)
-    catalog["params:dataset_configs.pets"] = MemoryDataset({"root": str(root)})
-    catalog["params:model"] = MemoryDataset(MODEL)
-    catalog["params:shots"] = MemoryDataset(4)
-    catalog["params:few_shot_seed"] = MemoryDataset(1)
+            catalog[f"{where}.{prefix}_history"] = MemoryDataset(_history())
+        catalog[f"{where}.{prefix}_metrics"] = MemoryDataset(metrics)
+        catalog[f"{where}.{prefix}_per_class"] = MemoryDataset(per_class)
+        catalog[f"{where}.{prefix}_predictions"] = MemoryDataset(predictions)
+    params = {"dataset_configs.pets": {"root": str(root), "source": "oxford_pets"},
+              "model": MODEL, "prompt_sets": {"simple": "simple"},
+              "linear_probe": {"c_steps": 5}, "text_init_head": None,
+              "adaptation_methods": {"lora": {"method": "lora", "lora": {"r": 2}}},
+              "split": {"seed": 0}}
+    for key, value in params.items():
+        catalog[f"params:{key}"] = MemoryDataset(value)
+    catalog["pets.rejected_images"] = MemoryDataset(pd.DataFrame({"path": ["bad.png"]}))
+    catalog["pets.test"] = MemoryDataset(_manifest(20))
+    catalog[f"{C}.train"] = MemoryDataset(_manifest(20))
+    catalog[f"{C}.val"] = MemoryDataset(_manifest(10))
     return catalog
 
 
 @pytest.mark.parametrize("kind", ["confusion", "prediction_grid", "training_curves"])
 def test_pipeline_declares_figures_per_method(kind):
-    pipeline = for_dataset("pets", ["simple"], ["linear_probe"], ["lora"])
+    pipeline = for_cell("pets", CELL, ["simple"], ["linear_probe"], ["lora"])
     outputs = {o for o in pipeline.all_outputs() if f".report_{kind}_" in o}
     expected = ["lora"] if kind == "training_curves" else ["zero_shot_simple", "linear_probe",
                                                            "lora"]
-    assert outputs == {f"pets.report_{kind}_{m}" for m in expected}
+    assert outputs == {f"{R}.report_{kind}_{m}" for m in expected}
+    # zero-shot results are read under the dataset's names: made once for every cell
+    assert "pets.zero_shot_simple_predictions" in pipeline.inputs()
 
 
 def test_pipeline_renders_the_report_from_results(tmp_path):
     methods = method_results(["simple"], ["linear_probe"], ["lora"])
     catalog = _catalog(tmp_path, methods)
-    pipeline = (for_dataset("pets", ["simple"], ["linear_probe"], ["lora"])
-                + create_summary_pipeline(["pets"]))
+    pipeline = (for_cell("pets", CELL, ["simple"], ["linear_probe"], ["lora"])
+                + create_summary_pipeline(["pets"], CELL, list(methods)))
+    out = tmp_path / "out"
     for name in pipeline.all_outputs():
-        if "report_confusion_" in name or "prediction_grid" in name or "curves" in name \
-                or name == "accuracy_chart":
-            catalog[name] = FigureDataset(filepath=str(tmp_path / "out" / f"{name}.png"))
+        if "report_confusion_" in name or "curves" in name or name.endswith("accuracy_chart"):
+            catalog[name] = FigureDataset(filepath=str(out / f"{name}.png"))
     # what the test reads afterwards must outlive the run (memory datasets are released)
-    catalog["comparison_table"] = ParquetDataset(filepath=str(tmp_path / "comparison.parquet"))
-    catalog["pets.report_per_class_f1"] = ParquetDataset(filepath=str(tmp_path / "f1.parquet"))
-    catalog["report"] = TextDataset(filepath=str(tmp_path / "report.html"))
+    catalog[f"{CELL.name}.comparison_table"] = ParquetDataset(
+        filepath=str(tmp_path / "comparison.parquet"))
+    catalog[f"{R}.report_per_class_f1"] = ParquetDataset(filepath=str(tmp_path / "f1.parquet"))
+    catalog[f"{CELL.name}.run_record"] = JSONDataset(filepath=str(tmp_path / "record.json"))
+    catalog[f"{CELL.name}.report"] = TextDataset(filepath=str(tmp_path / "report.html"))
     SequentialRunner().run(pipeline, catalog)
 
-    comparison = catalog.load("comparison_table")
+    comparison = catalog.load(f"{CELL.name}.comparison_table")
     assert comparison["method"].tolist() == ["zero_shot_simple", "linear_probe", "lora"]
-    expected_top1 = [catalog.load(f"pets.{p}_metrics")["top1"] for p in methods.values()]
-    assert comparison["top1"].tolist() == expected_top1
+    metrics = [catalog.load(f"{'pets' if m.startswith('zero') else C}.{p}_metrics")
+               for m, p in methods.items()]
+    assert comparison["top1"].tolist() == [m["top1"] for m in metrics]
+    assert comparison["top1_ci_low"].tolist() == [m["top1_ci_low"] for m in metrics]
+    assert (comparison["top1_ci_low"] < comparison["top1"]).all()
+    assert comparison["n_classes"].tolist() == [5, 5, 5]
     assert comparison.loc[2, "peak_memory_mb"] == 512.0
-    f1 = catalog.load("pets.report_per_class_f1")
+    f1 = catalog.load(f"{R}.report_per_class_f1")
     assert f1.columns.tolist() == ["class_name", "support", *methods]
-    page = catalog.load("report")
-    # chart + (confusion + grid) x 3 methods + lora's curves
-    assert page.count("data:image/png;base64,") == 1 + 3 * 2 + 1
+
+    record = catalog.load(f"{CELL.name}.run_record")
+    assert record["splits"]["pets"] == {"train": 20, "val": 10, "test": 20, "classes": 5,
+                                        "rejected": 1}
+    assert record["seeds"] == {"few_shot_seed": 1, "split.seed": 0, "lora training seed": 1}
+    assert record["prompt_templates"]["simple"]["pets"] == ["a photo of a {}."]
+    assert record["methods"]["lora"] == {"method": "lora", "lora": {"r": 2}}
+    assert len(record["environment"]["git"]["commit"]) in (40, len("unknown"))
+    page = catalog.load(f"{CELL.name}.report")
+    # chart + confusion x 3 methods + lora's curves; the samples are JPEG thumbnails
+    assert page.count("data:image/png;base64,") == 1 + 3 + 1
+    assert page.count("data:image/jpeg;base64,") == 3 * 16
     assert '<table id="comparison"' in page and 'id="dataset-pets"' in page
-    assert len(list((tmp_path / "out").glob("*.png"))) == 1 + 3 * 2 + 1
+    assert 'id="run-record"' in page and "split.seed" in page
+    low, high = comparison.loc[0, ["top1_ci_low", "top1_ci_high"]]
+    assert f"({low:.4f}–{high:.4f})" in page
+    assert len(list(out.glob("*.png"))) == 1 + 3 + 1

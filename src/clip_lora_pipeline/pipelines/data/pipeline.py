@@ -1,14 +1,15 @@
-"""The data pipeline for one dataset; the registry namespaces it per dataset."""
+"""The data pipeline: per dataset (download, validate, split) and per few-shot cell
+(the sample); the registry namespaces both."""
 
 from kedro.pipeline import Node, Pipeline
 
+from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.pipelines import namespaces
 from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
 
 # Parameters shared by every dataset namespace (not prefixed with the namespace).
-SHARED_PARAMETERS = {
-    "params:download", "params:validation", "params:split",
-    "params:shots", "params:val_shots", "params:few_shot_seed",
-}
+DATASET_PARAMETERS = {"params:download", "params:validation", "params:split"}
+CELL_PARAMETERS = {"params:val_shots"}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -25,10 +26,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 split, ["images", "params:split"], ["train_pool", "val_pool", "test"],
                 name="split",
             ),
+        ],
+        tags="data",
+    )
+
+
+def create_cell_pipeline(cell: Cell) -> Pipeline:
+    """The few-shot sample of one cell: its shots and seed are fixed in the node."""
+    return Pipeline(
+        [
             Node(
-                few_shot,
-                ["train_pool", "val_pool", "test", "params:shots", "params:val_shots",
-                 "params:few_shot_seed"],
+                namespaces.bound(few_shot, shots=cell.shots, seed=cell.seed),
+                {"train_pool": "train_pool", "val_pool": "val_pool", "test": "test",
+                 "val_shots": "params:val_shots", "dataset": "params:dataset"},
                 ["train", "val"],
                 name="few_shot",
             ),
@@ -38,9 +48,9 @@ def create_pipeline(**kwargs) -> Pipeline:
 
 
 def for_dataset(name: str) -> Pipeline:
-    """The data pipeline in namespace ``name``, reading ``params:dataset_configs.<name>``."""
-    return Pipeline(
-        create_pipeline(),
-        namespace=name,
-        parameters={"params:dataset": f"params:dataset_configs.{name}", **{p: p for p in SHARED_PARAMETERS}},
-    )
+    """The dataset-level data pipeline in namespace ``name``."""
+    return namespaces.for_dataset(create_pipeline(), name, DATASET_PARAMETERS)
+
+
+def for_cell(name: str, cell: Cell) -> Pipeline:
+    return namespaces.for_cell(create_cell_pipeline(cell), name, cell, CELL_PARAMETERS)

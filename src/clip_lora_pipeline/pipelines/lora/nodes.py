@@ -14,7 +14,7 @@ from clip_lora_pipeline.core.adapters import build_trainer, restore_trainer
 from clip_lora_pipeline.core.lora import open_clip_state_dict
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
-from clip_lora_pipeline.core.model_id import model_slug
+from clip_lora_pipeline.core.model_id import model_slug, uses_quick_gelu
 
 logger = logging.getLogger(__name__)
 
@@ -26,18 +26,19 @@ def _paths(frame: pd.DataFrame, dataset: dict[str, Any]) -> list[str]:
 def train_adapter(
     train: pd.DataFrame, val: pd.DataFrame, manifest: pd.DataFrame, dataset: dict[str, Any],
     model_params: dict[str, Any], runtime: dict[str, Any], shots: int | None,
-    method: dict[str, Any], checkpoint_root: str,
+    method: dict[str, Any], checkpoint_root: str, seed: int = 1,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Train; returns the adapter (trainable tensors + config), history and a summary.
+    ``seed``: the few-shot seed, which also drives training unless the method sets one.
 
     Checkpoints go under ``checkpoint_root`` in a folder named by everything the result
     depends on, so an interrupted run resumes and a changed one starts afresh.
     """
     classes = class_table(manifest)
-    trainer, loaded = build_trainer(model_params, runtime, classes, method)
+    trainer, loaded = build_trainer(model_params, runtime, classes, method, seed)
     identity = json.dumps({
         "model": model_slug(loaded.spec), "method": method, "root": dataset["root"],
-        "train": sorted(train["path"]), "val": sorted(val["path"]),
+        "train": sorted(train["path"]), "val": sorted(val["path"]), "seed": seed,
     }, sort_keys=True, default=str)
     folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
     steps = trainer.settings.total_steps(shots)
@@ -51,11 +52,13 @@ def train_adapter(
         "training_seconds": result.wall_seconds, "peak_memory_mb": result.peak_memory_mb,
         "peak_memory_kind": result.peak_memory_kind,
         "best_step": result.best_step, "best_val_accuracy": result.best_val_accuracy,
+        "selected": result.selected, "selected_step": result.selected_step,
+        "seed": trainer.settings.seed,
         "stopped_early": result.stopped_early, "checkpoint": str(folder),
     }
-    logger.info("%s: %d trainable parameters, best val accuracy %.4f at step %d",
-                trainer.settings.method, result.trainable_parameters,
-                result.best_val_accuracy, result.best_step)
+    logger.info("%s: %d trainable parameters; kept the %s state (step %d)",
+                trainer.settings.method, result.trainable_parameters, result.selected,
+                result.selected_step)
     adapter = {"tensors": trainer.adapter_state(),
                "config": {"method": method, "model": model_params, "classes": classes}}
     return adapter, result.history, summary
@@ -80,8 +83,10 @@ def export_merged(
     adapter: dict[str, Any], model_params: dict[str, Any], runtime: dict[str, Any]
 ) -> dict[str, Any]:
     """Plain open_clip weights with the adapter merged in; load them with
-    ``open_clip.create_model(name, pretrained=<this file>)``."""
-    trainer, _ = restore_trainer(adapter, model_params, runtime)
+    ``open_clip.create_model(name, pretrained=<this file>, force_quick_gelu=<config's
+    quick_gelu>)``."""
+    trainer, loaded = restore_trainer(adapter, model_params, runtime)
     merged = trainer.merged_clip()
-    config = {"model": model_params["name"], "adapter": adapter["config"]["method"]}
+    config = {"model": model_params["name"], "adapter": adapter["config"]["method"],
+              "quick_gelu": uses_quick_gelu(loaded.spec)}
     return {"tensors": open_clip_state_dict(merged), "config": config}

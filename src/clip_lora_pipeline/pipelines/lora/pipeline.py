@@ -1,25 +1,30 @@
-"""Per dataset and adaptation method (lora, bitfit, ...): train, evaluate, export."""
+"""Per few-shot cell and adaptation method (lora, bitfit, ...): train, evaluate, export."""
 
 from kedro.pipeline import Node, Pipeline
 
+from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.pipelines import namespaces
 from clip_lora_pipeline.pipelines.lora.nodes import (
     evaluate_adapter,
     export_merged,
     train_adapter,
 )
 
-SHARED = {"params:model", "params:runtime", "params:shots", "params:checkpoint_root"}
+SHARED = {"params:model", "params:runtime", "params:checkpoint_root"}
 
 
-def create_pipeline(methods: list[str]) -> Pipeline:
+def create_pipeline(methods: list[str], cell: Cell) -> Pipeline:
     nodes = []
+    train = namespaces.bound(train_adapter, shots=cell.shots, seed=cell.seed)
     for method in methods:
         prefix = f"adapted_{method}"
         nodes += [
             Node(
-                train_adapter,
-                ["train", "val", "manifest", "params:dataset", "params:model", "params:runtime",
-                 "params:shots", f"params:adaptation_methods.{method}", "params:checkpoint_root"],
+                train,
+                {"train": "train", "val": "val", "manifest": "manifest",
+                 "dataset": "params:dataset", "model_params": "params:model",
+                 "runtime": "params:runtime", "method": f"params:adaptation_methods.{method}",
+                 "checkpoint_root": "params:checkpoint_root"},
                 [f"{prefix}_adapter", f"{prefix}_history", f"{prefix}_summary"],
                 name=f"train_{method}",
                 tags=["training", "gpu", method],
@@ -43,15 +48,10 @@ def create_pipeline(methods: list[str]) -> Pipeline:
     return Pipeline(nodes)
 
 
-def for_dataset(name: str, methods: list[str]) -> Pipeline:
+def for_cell(name: str, cell: Cell, methods: list[str]) -> Pipeline:
     if not methods:  # a namespace cannot map parameters onto no nodes
         return Pipeline([])
-    return Pipeline(
-        create_pipeline(methods),
-        namespace=name,
-        parameters={
-            "params:dataset": f"params:dataset_configs.{name}",
-            **{p: p for p in SHARED},
-            **{f"params:adaptation_methods.{m}": f"params:adaptation_methods.{m}" for m in methods},
-        },
+    return namespaces.for_cell(
+        create_pipeline(methods, cell), name, cell,
+        SHARED | {f"params:adaptation_methods.{m}" for m in methods},
     )

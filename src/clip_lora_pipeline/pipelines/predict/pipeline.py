@@ -10,6 +10,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
+from clip_lora_pipeline.core.cells import Cell
 from clip_lora_pipeline.core.predict import ZERO_SHOT, PredictSettings
 from clip_lora_pipeline.pipelines.predict.nodes import (
     find_new_images,
@@ -22,17 +23,18 @@ from clip_lora_pipeline.project_config import PROBE_METHODS
 PARAMETERS = {"params:predict", "params:model", "params:runtime"}
 
 
-def model_artifact(settings: PredictSettings) -> str:
-    """The catalog entry the chosen model is read from."""
+def model_artifact(settings: PredictSettings, cell: Cell) -> str:
+    """The catalog entry the chosen model is read from: the text classifier is made per
+    dataset, trained models per few-shot cell (``shots`` and ``few_shot_seed``)."""
     if settings.model == ZERO_SHOT:
         return f"{settings.dataset}.text_classifier_{settings.prompt_set}"
     if settings.model in PROBE_METHODS:
-        return f"{settings.dataset}.{settings.model}_model"
-    return f"{settings.dataset}.adapted_{settings.model}_adapter"
+        return f"{settings.dataset}.{cell.name}.{settings.model}_model"
+    return f"{settings.dataset}.{cell.name}.adapted_{settings.model}_adapter"
 
 
-def create_pipeline(settings: PredictSettings) -> Pipeline:
-    artifact = model_artifact(settings)
+def create_pipeline(settings: PredictSettings, cell: Cell) -> Pipeline:
+    artifact = model_artifact(settings, cell)
     if settings.model == ZERO_SHOT:
         predict = predict_zero_shot
     elif settings.model in PROBE_METHODS:
@@ -65,15 +67,18 @@ def check_parameters(message: str) -> None:
     raise ValueError(message)
 
 
-def for_parameters(params: dict[str, Any], datasets: list[str], prompt_sets: list[str],
-                   probes: list[str], methods: list[str]) -> Pipeline:
+def for_parameters(params: dict[str, Any], datasets: list[str],
+                   prompt_sets: dict[str, list[str]], probes: list[str], methods: list[str],
+                   cell: Cell) -> Pipeline:
     """The predict pipeline as the parameters ask for it.
 
     With wrong ``predict`` parameters it is one node that fails with the reason when
     run, so that the mistake never stops the other pipelines from building.
     """
+    chosen = params.get("predict")
+    dataset = chosen.get("dataset") if isinstance(chosen, dict) else None
     try:
-        settings = PredictSettings.from_params(params.get("predict"), datasets, prompt_sets,
+        settings = PredictSettings.from_params(chosen, datasets, prompt_sets.get(dataset, []),
                                                probes, methods)
     except ValueError as error:
         return Pipeline(
@@ -81,4 +86,4 @@ def for_parameters(params: dict[str, Any], datasets: list[str], prompt_sets: lis
                   None, "predictions", name="check_parameters")],
             tags="predict", namespace="predict",
         )
-    return create_pipeline(settings)
+    return create_pipeline(settings, cell)

@@ -9,8 +9,13 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+import clip_lora_pipeline
 from clip_lora_pipeline.core.model_id import ModelSpec, model_slug
-from clip_lora_pipeline.core.report import figures, html, tables
+from clip_lora_pipeline.core.prompts import templates_for
+from clip_lora_pipeline.core.report import figures, html, run_record, samples, tables
+
+# The code that ran: the project's folder when installed from a checkout.
+PROJECT_DIR = Path(clip_lora_pipeline.__file__).resolve().parents[2]
 
 
 def confusion_report(
@@ -23,10 +28,10 @@ def confusion_report(
         matrix, classes)
 
 
-def prediction_grid(predictions: pd.DataFrame, dataset: dict[str, Any], title: str) -> Figure:
-    """A fixed sample of test images with their predictions; errors in red."""
-    samples = figures.sample_predictions(predictions)
-    return figures.prediction_grid_figure(samples, Path(dataset["root"]), title)
+def prediction_grid(predictions: pd.DataFrame, dataset: dict[str, Any], title: str) -> str:
+    """A fixed sample of test images as captioned JPEG thumbnails; errors in red."""
+    chosen = figures.sample_predictions(predictions)
+    return samples.prediction_grid_html(chosen, Path(dataset["root"]), title)
 
 
 def training_curves(history: pd.DataFrame, title: str) -> Figure:
@@ -55,7 +60,7 @@ def dataset_section(
         html.MethodSection(
             method=m,
             confusion_png=artifacts[f"confusion__{m}"],
-            prediction_grid_png=artifacts[f"grid__{m}"],
+            prediction_grid=artifacts[f"grid__{m}"],
             most_confused=artifacts[f"most_confused__{m}"],
             training_curves_png=artifacts.get(f"curves__{m}"),
         )
@@ -71,12 +76,40 @@ def comparison(*dataset_results: pd.DataFrame) -> tuple[pd.DataFrame, str, Figur
     return table, tables.to_markdown(table), figures.accuracy_chart(table)
 
 
+def record_run(
+    model: dict[str, Any], prompt_sets: dict[str, Any], linear_probe: dict[str, Any],
+    text_init_head: dict[str, Any] | None, adaptation_methods: dict[str, Any],
+    split: dict[str, Any], methods: list[str], datasets: list[str], shots: int | None,
+    few_shot_seed: int, **inputs: Any,
+) -> dict[str, Any]:
+    """How the run was made: settings, templates, split sizes, seeds, code and machine.
+    ``inputs`` holds per dataset ``config__<d>`` and the tables ``rejected__<d>``,
+    ``train__<d>``, ``val__<d>``, ``test__<d>``."""
+    sources = {d: inputs[f"config__{d}"].get("source") for d in datasets}
+    templates = {name: {d: templates_for(spec, sources[d]) for d in datasets}
+                 for name, spec in prompt_sets.items()}
+    settings = {"linear_probe": linear_probe, "text_init_head": text_init_head,
+                **{f"zero_shot_{name}": {"prompt_set": spec} for name, spec in prompt_sets.items()},
+                **adaptation_methods}
+    seeds = {"few_shot_seed": few_shot_seed, "split.seed": split.get("seed"),
+             **{f"{m} training seed": adaptation_methods[m].get("seed", few_shot_seed)
+                for m in methods if m in adaptation_methods}}
+    splits = {d: run_record.split_counts(
+        rejected=inputs[f"rejected__{d}"],
+        **{s: inputs[f"{s}__{d}"] for s in ("train", "val", "test")}) for d in datasets}
+    return run_record.run_record(
+        run_record.environment_record(PROJECT_DIR), model=model_slug(ModelSpec.from_params(model)),
+        shots=shots, seeds=seeds, methods={m: settings.get(m) for m in methods},
+        prompt_templates=templates, splits=splits)
+
+
 def report(
-    comparison_table: pd.DataFrame, accuracy_chart: bytes, model: dict[str, Any],
-    shots: int | None, few_shot_seed: int | None, datasets: list[str], **sections: str,
+    comparison_table: pd.DataFrame, accuracy_chart: bytes, record: dict[str, Any],
+    datasets: list[str], **sections: str,
 ) -> str:
     """The self-contained HTML report (``section__<dataset>`` fragments)."""
-    run_info = {"model": model_slug(ModelSpec.from_params(model)), "shots": shots,
-                "few-shot seed": few_shot_seed}
+    run_info = {"model": record["model"], "shots": record["shots"],
+                "few-shot seed": record["seeds"]["few_shot_seed"]}
     return html.report_html(comparison_table, accuracy_chart,
-                            {d: sections[f"section__{d}"] for d in datasets}, run_info)
+                            {d: sections[f"section__{d}"] for d in datasets}, run_info,
+                            run_record=record)

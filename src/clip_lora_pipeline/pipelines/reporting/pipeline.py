@@ -5,10 +5,11 @@ the report without recomputing anything."""
 from __future__ import annotations
 
 import warnings
-from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
+from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.pipelines import namespaces
 from clip_lora_pipeline.pipelines.reporting.nodes import (
     comparison,
     confusion_report,
@@ -16,14 +17,12 @@ from clip_lora_pipeline.pipelines.reporting.nodes import (
     dataset_section,
     per_class_f1,
     prediction_grid,
+    record_run,
     report,
     training_curves,
 )
 
-
-def _bound(func, **fixed):
-    """``partial`` that keeps the function's name, for logs and kedro-viz."""
-    return update_wrapper(partial(func, **fixed), func)
+_bound = namespaces.bound
 
 
 def method_results(prompt_sets: list[str], probes: list[str], adaptation_methods: list[str]
@@ -77,31 +76,53 @@ def create_pipeline(dataset: str, prompt_sets: list[str], probes: list[str],
     return Pipeline(nodes)
 
 
-def for_dataset(name: str, prompt_sets: list[str], probes: list[str],
-                adaptation_methods: list[str]) -> Pipeline:
-    return Pipeline(create_pipeline(name, prompt_sets, probes, adaptation_methods),
-                    namespace=name,
-                    parameters={"params:dataset": f"params:dataset_configs.{name}"})
+def for_cell(name: str, cell: Cell, prompt_sets: list[str], probes: list[str],
+             adaptation_methods: list[str]) -> Pipeline:
+    return namespaces.for_cell_report(
+        create_pipeline(name, prompt_sets, probes, adaptation_methods), name, cell)
 
 
-def create_summary_pipeline(datasets: list[str]) -> Pipeline:
-    """Across datasets: the comparison table, its chart, and the HTML report."""
+def create_summary_pipeline(datasets: list[str], cell: Cell, methods: list[str]) -> Pipeline:
+    """Across datasets, for one cell: the comparison table, its chart, the record of how
+    the run was made, and the HTML report. ``methods``: every method in the report."""
     with warnings.catch_warnings():
         # These nodes read every dataset's namespaced outputs by design; Kedro warns
         # about any dotted name outside its own namespace.
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
-        return _summary_pipeline(datasets)
+        return _summary_pipeline(datasets, cell, methods)
 
 
-def _summary_pipeline(datasets: list[str]) -> Pipeline:
-    return Pipeline([
+def _record_inputs(datasets: list[str]) -> dict[str, str]:
+    inputs = {key: f"params:{key}" for key in (
+        "model", "prompt_sets", "linear_probe", "text_init_head", "adaptation_methods", "split")}
+    for d in datasets:
+        inputs |= {f"config__{d}": f"params:dataset_configs.{d}",
+                   **{f"{part}__{d}": f"{d}.{part}" for part in
+                      ("rejected_images", "test", "train", "val")}}
+    return inputs
+
+
+def _summary_pipeline(datasets: list[str], cell: Cell, methods: list[str]) -> Pipeline:
+    """In the namespace ``<cell>``: it reads the report sections ``<cell>.<d>.*``, and the
+    splits that made the cell (``<d>.test``, ``<d>.<cell>.train``, ...)."""
+    record = _record_inputs(datasets)
+    nodes = Pipeline([
         Node(comparison, [f"{d}.report_results" for d in datasets],
              ["comparison_table", "comparison_table_markdown", "accuracy_chart"],
              name="comparison", tags=["reporting"]),
+        Node(_bound(record_run, methods=methods, datasets=datasets, shots=cell.shots,
+                    few_shot_seed=cell.seed),
+             {k.replace("rejected_images__", "rejected__"): v for k, v in record.items()},
+             "run_record", name="record_run", tags=["reporting"]),
         Node(_bound(report, datasets=datasets),
              {"comparison_table": "comparison_table", "accuracy_chart": "accuracy_chart",
-              "model": "params:model", "shots": "params:shots",
-              "few_shot_seed": "params:few_shot_seed",
+              "record": "run_record",
               **{f"section__{d}": f"{d}.report_section" for d in datasets}},
              "report", name="report", tags=["reporting"]),
     ])
+    splits = {f"{d}.{part}": (f"{d}.{cell.name}.{part}" if part in ("train", "val")
+                              else f"{d}.{part}")
+              for d in datasets for part in ("rejected_images", "test", "train", "val")}
+    return Pipeline(nodes, namespace=cell.name, inputs=splits,
+                    parameters={v for v in record.values() if v.startswith("params:")}
+                    | {"params:model"})

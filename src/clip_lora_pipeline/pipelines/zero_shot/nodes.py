@@ -41,26 +41,34 @@ def _loaded(model_params: dict[str, Any], runtime: dict[str, Any]) -> LoadedMode
     return _model(ModelSpec.from_params(model_params), str(device))
 
 
-def encode_splits(
-    train: pd.DataFrame,
-    val: pd.DataFrame,
-    test: pd.DataFrame,
-    dataset: dict[str, Any],
-    model_params: dict[str, Any],
-    runtime: dict[str, Any],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """L2-normalised image embeddings of the train, val and test images."""
+def _encode(manifest: pd.DataFrame, name: str, dataset: dict[str, Any],
+            model_params: dict[str, Any], runtime: dict[str, Any]) -> pd.DataFrame:
     loaded = _loaded(model_params, runtime)
-    dtype = resolve_precision(loaded.device, runtime.get("precision", "auto"))
-    tables = []
-    for name, manifest in (("train", train), ("val", val), ("test", test)):
-        embeddings = encode_images(
-            loaded.model, manifest, Path(dataset["root"]), loaded.preprocess, loaded.device,
-            dtype=dtype, batch_size=runtime.get("batch_size", 64),
-            num_workers=runtime.get("num_workers", "auto"), desc=f"Encoding {name}",
-        )
-        tables.append(embeddings_table(manifest, embeddings))
-    return tables[0], tables[1], tables[2]
+    embeddings = encode_images(
+        loaded.model, manifest, Path(dataset["root"]), loaded.preprocess, loaded.device,
+        dtype=resolve_precision(loaded.device, runtime.get("precision", "auto")),
+        batch_size=runtime.get("batch_size", 64),
+        num_workers=runtime.get("num_workers", "auto"), desc=f"Encoding {name}",
+    )
+    return embeddings_table(manifest, embeddings)
+
+
+def encode_test(
+    test: pd.DataFrame, dataset: dict[str, Any], model_params: dict[str, Any],
+    runtime: dict[str, Any],
+) -> pd.DataFrame:
+    """L2-normalised image embeddings of the test split: once per dataset and model,
+    whatever the few-shot cells."""
+    return _encode(test, "test", dataset, model_params, runtime)
+
+
+def encode_few_shot(
+    train: pd.DataFrame, val: pd.DataFrame, dataset: dict[str, Any],
+    model_params: dict[str, Any], runtime: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """L2-normalised image embeddings of one cell's train and val samples."""
+    return (_encode(train, "train", dataset, model_params, runtime),
+            _encode(val, "val", dataset, model_params, runtime))
 
 
 def text_classifier(

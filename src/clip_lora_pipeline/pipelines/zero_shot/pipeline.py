@@ -1,9 +1,13 @@
-"""Per dataset: encode the splits once, then one classifier and evaluation per prompt set."""
+"""Per dataset: encode the test split once, then one text classifier and zero-shot
+evaluation per prompt set. Per few-shot cell: encode its train and val samples."""
 
 from kedro.pipeline import Node, Pipeline
 
+from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.pipelines import namespaces
 from clip_lora_pipeline.pipelines.zero_shot.nodes import (
-    encode_splits,
+    encode_few_shot,
+    encode_test,
     text_classifier,
     zero_shot,
 )
@@ -11,15 +15,19 @@ from clip_lora_pipeline.pipelines.zero_shot.nodes import (
 SHARED_PARAMETERS = {"params:model", "params:runtime"}
 
 
-def create_embeddings_pipeline() -> Pipeline:
+def create_test_embeddings_pipeline() -> Pipeline:
     return Pipeline([
-        Node(
-            encode_splits,
-            ["train", "val", "test", "params:dataset", "params:model", "params:runtime"],
-            ["train_embeddings", "val_embeddings", "test_embeddings"],
-            name="encode_images",
-            tags=["embeddings", "gpu"],
-        )
+        Node(encode_test, ["test", "params:dataset", "params:model", "params:runtime"],
+             "test_embeddings", name="encode_test", tags=["embeddings", "gpu"])
+    ])
+
+
+def create_cell_embeddings_pipeline() -> Pipeline:
+    return Pipeline([
+        Node(encode_few_shot,
+             ["train", "val", "params:dataset", "params:model", "params:runtime"],
+             ["train_embeddings", "val_embeddings"],
+             name="encode_few_shot", tags=["embeddings", "gpu"])
     ])
 
 
@@ -35,8 +43,8 @@ def text_classifier_node(prompt_set: str) -> Node:
 
 
 def create_pipeline(prompt_sets: list[str]) -> Pipeline:
-    """Image embeddings, then a text classifier and evaluation per prompt set."""
-    nodes = list(create_embeddings_pipeline().nodes)
+    """Test embeddings, then a text classifier and evaluation per prompt set."""
+    nodes = list(create_test_embeddings_pipeline().nodes)
     for prompt_set in prompt_sets:
         nodes += [
             text_classifier_node(prompt_set),
@@ -52,25 +60,22 @@ def create_pipeline(prompt_sets: list[str]) -> Pipeline:
     return Pipeline(nodes)
 
 
-def _namespaced(pipeline: Pipeline, name: str, prompt_sets: list[str]) -> Pipeline:
-    return Pipeline(
-        pipeline,
-        namespace=name,
-        parameters={
-            "params:dataset": f"params:dataset_configs.{name}",
-            **{p: p for p in SHARED_PARAMETERS},
-            **{f"params:prompt_sets.{s}": f"params:prompt_sets.{s}" for s in prompt_sets},
-        },
-    )
+def _parameters(prompt_sets: list[str]) -> set[str]:
+    return SHARED_PARAMETERS | {f"params:prompt_sets.{s}" for s in prompt_sets}
 
 
 def for_dataset(name: str, prompt_sets: list[str]) -> Pipeline:
-    return _namespaced(create_pipeline(prompt_sets), name, prompt_sets)
+    return namespaces.for_dataset(create_pipeline(prompt_sets), name, _parameters(prompt_sets))
 
 
-def embeddings_for_dataset(name: str) -> Pipeline:
-    return _namespaced(create_embeddings_pipeline(), name, [])
+def encode_test_for_dataset(name: str) -> Pipeline:
+    return namespaces.for_dataset(create_test_embeddings_pipeline(), name, SHARED_PARAMETERS)
 
 
 def text_classifier_for_dataset(name: str, prompt_set: str) -> Pipeline:
-    return _namespaced(Pipeline([text_classifier_node(prompt_set)]), name, [prompt_set])
+    return namespaces.for_dataset(Pipeline([text_classifier_node(prompt_set)]), name,
+                                  _parameters([prompt_set]))
+
+
+def embeddings_for_cell(name: str, cell: Cell) -> Pipeline:
+    return namespaces.for_cell(create_cell_embeddings_pipeline(), name, cell, SHARED_PARAMETERS)

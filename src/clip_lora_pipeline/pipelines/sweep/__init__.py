@@ -1,0 +1,1 @@
+"""Shots x seeds sweeps and their aggregate report."""
