@@ -75,6 +75,16 @@ def test_one_node_reruns_alone(project):
 
 
 @pytest.mark.slow
+def test_the_report_node_reruns_alone_from_remade_summaries(project):
+    report = project / "data/08_reporting/clip-lora-tiny__random/shots_8_seed_1/report.html"
+    before = report.stat().st_mtime_ns
+    # its inputs (comparison table, chart, run record) count as missing for
+    # --only-missing-outputs, but they are there: running the node alone works
+    run_kedro(project, "run", "--env", "smoke", "--nodes", "shots_8_seed_1.report")
+    assert report.stat().st_mtime_ns != before
+
+
+@pytest.mark.slow
 def test_only_missing_outputs_skips_finished_work_but_remakes_the_summaries(project):
     (project / "data/05_model_input/synthetic/shots_8_seed_1/val.parquet").unlink()
     before = _mtimes(project)

@@ -39,6 +39,10 @@ class AtomicSaveMixin:
     def _exists(self) -> bool:
         return not self._remake and super()._exists()
 
+    def stored(self) -> bool:
+        """Whether the file is there, ``remake`` or not."""
+        return super()._exists()
+
     def _get_save_path(self) -> PurePosixPath:
         return self._staging or super()._get_save_path()
 

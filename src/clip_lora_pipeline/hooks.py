@@ -27,7 +27,7 @@ class ProjectHooks:
         missing = [
             name for name in sorted(pipeline.inputs())
             if not name.startswith("params:") and name != "parameters"
-            and name in catalog and not catalog.exists(name)
+            and name in catalog and not _stored(catalog, name)
         ]
         if missing:
             raise MissingInputsError(missing_inputs_message(missing, catalog))
@@ -72,6 +72,13 @@ def _where(catalog, dataset_name: str) -> str:
     if catalog is not None and dataset_name in catalog:
         return f"{dataset_name} ({_filepath(catalog, dataset_name) or 'in memory'})"
     return dataset_name
+
+
+def _stored(catalog, name: str) -> bool:
+    # A summary marked remake counts as missing for --only-missing-outputs, so that it
+    # is remade; as an input it only has to be there.
+    dataset = catalog.get(name)
+    return dataset.stored() if hasattr(dataset, "stored") else catalog.exists(name)
 
 
 class MissingInputsError(RuntimeError):

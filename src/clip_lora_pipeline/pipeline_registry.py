@@ -55,7 +55,7 @@ class _Project:
         return _total(
             reporting.for_cell(n, cell, self.prompt_sets[n], self.probes, self.methods)
             for n in self.names) + reporting.create_summary_pipeline(
-                self.names, cell, self.report_methods)
+                self.prompt_sets, cell, self.report_methods)
 
     @property
     def report_methods(self) -> list[str]:

@@ -75,6 +75,9 @@ def test_comparison_node_stacks_datasets():
     table, markdown, chart = nodes.comparison(a, b)
     assert table["dataset"].tolist() == ["a", "b"]
     assert markdown.count("| lora |") == 2 and isinstance(chart, Figure)
+    # each dataset's chance level (5 classes) as a dashed line on the chart
+    chance = [line for line in chart.axes[0].lines if line.get_linestyle() == "--"]
+    assert [line.get_ydata()[0] for line in chance] == pytest.approx([0.2, 0.2])
 
 
 def _manifest(n: int) -> pd.DataFrame:
@@ -127,7 +130,7 @@ def test_pipeline_renders_the_report_from_results(tmp_path):
     methods = method_results(["simple"], ["linear_probe"], ["lora"])
     catalog = _catalog(tmp_path, methods)
     pipeline = (for_cell("pets", CELL, ["simple"], ["linear_probe"], ["lora"])
-                + create_summary_pipeline(["pets"], CELL, list(methods)))
+                + create_summary_pipeline({"pets": ["simple"]}, CELL, list(methods)))
     out = tmp_path / "out"
     for name in pipeline.all_outputs():
         if "report_confusion_" in name or "curves" in name or name.endswith("accuracy_chart"):

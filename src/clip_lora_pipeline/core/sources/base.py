@@ -17,6 +17,11 @@ class SourceError(ValueError):
     """A source's files are missing or not in the expected layout."""
 
 
+def text_lines(path: Path) -> list[str]:
+    """The non-blank lines of a publisher's list file, stripped."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 class Source(ABC):
     """A data source. Subclasses set ``name`` and implement ``index``.
 

@@ -9,13 +9,10 @@ import pandas as pd
 
 from clip_lora_pipeline.core.download import RemoteFile
 from clip_lora_pipeline.core.manifest import make_manifest
-from clip_lora_pipeline.core.sources.base import Source, SourceError
+from clip_lora_pipeline.core.sources.base import Source, SourceError, text_lines
 
 _DATA = "fgvc-aircraft-2013b/data"
 
-
-def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 class FGVCAircraft(Source):
@@ -39,11 +36,11 @@ class FGVCAircraft(Source):
     def index(self, root: Path) -> pd.DataFrame:
         lists = {s: f"{_DATA}/images_variant_{s}.txt" for s in ("train", "val", "test")}
         self.require(root, f"{_DATA}/images", f"{_DATA}/variants.txt", *lists.values())
-        variants = _lines(root / _DATA / "variants.txt")
+        variants = text_lines(root / _DATA / "variants.txt")
         label_of = {v: i for i, v in enumerate(variants)}
         paths, labels, splits = [], [], []
         for split, listing in lists.items():
-            for line in _lines(root / listing):
+            for line in text_lines(root / listing):
                 image_id, _, variant = line.partition(" ")
                 if variant not in label_of:
                     raise SourceError(

@@ -9,7 +9,7 @@ import pandas as pd
 
 from clip_lora_pipeline.core.download import RemoteFile
 from clip_lora_pipeline.core.manifest import make_manifest
-from clip_lora_pipeline.core.sources.base import Source, SourceError
+from clip_lora_pipeline.core.sources.base import Source, SourceError, text_lines
 
 _URL = "http://vision.princeton.edu/projects/2010/SUN/"
 _IMAGES = "SUN397"
@@ -21,9 +21,6 @@ def readable_class_name(category: str) -> str:
     parts = category.strip("/").split("/")[1:]
     return " ".join(reversed(parts)).replace("_", " ")
 
-
-def _read_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 class SUN397(Source):
@@ -51,11 +48,11 @@ class SUN397(Source):
     def index(self, root: Path) -> pd.DataFrame:
         class_file = f"{_IMAGES}/ClassName.txt"
         self.require(root, class_file, "Training_01.txt", "Testing_01.txt")
-        categories = _read_list(root / class_file)
+        categories = text_lines(root / class_file)
         label_of = {c: i for i, c in enumerate(categories)}
         paths, labels, splits = [], [], []
         for listing, split in (("Training_01.txt", "train"), ("Testing_01.txt", "test")):
-            for line in _read_list(root / listing):
+            for line in text_lines(root / listing):
                 category = line.rsplit("/", 1)[0]
                 if category not in label_of:
                     raise SourceError(

@@ -9,7 +9,7 @@ import pandas as pd
 
 from clip_lora_pipeline.core.download import RemoteFile
 from clip_lora_pipeline.core.manifest import make_manifest
-from clip_lora_pipeline.core.sources.base import Source, SourceError
+from clip_lora_pipeline.core.sources.base import Source, SourceError, text_lines
 
 _FRAMES = "UCF-101-midframes"
 _LISTS = "ucfTrainTestlist"
@@ -20,9 +20,6 @@ def frame_folder(action: str) -> str:
     'Apply_Eye_Makeup'; its class name is that with spaces."""
     return "_".join(re.findall("[A-Z][^A-Z]*", action))
 
-
-def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 class UCF101(Source):
@@ -53,14 +50,14 @@ class UCF101(Source):
         self.require(root, _FRAMES, *(f"{_LISTS}/{f}" for f in
                                       ("classInd.txt", "trainlist01.txt", "testlist01.txt")))
         actions = {}
-        for line in _lines(lists / "classInd.txt"):
+        for line in text_lines(lists / "classInd.txt"):
             number, _, action = line.partition(" ")
             actions[action] = int(number) - 1
         if sorted(actions.values()) != list(range(len(actions))):
             raise SourceError(f"{lists / 'classInd.txt'}: class ids are not 1..{len(actions)}.")
         paths, labels, splits = [], [], []
         for listing, split in (("trainlist01.txt", "train"), ("testlist01.txt", "test")):
-            for line in _lines(lists / listing):
+            for line in text_lines(lists / listing):
                 action, _, video = line.split(" ")[0].partition("/")
                 if action not in actions:
                     raise SourceError(f"{lists / listing}: '{line}' names no class of classInd.txt.")

@@ -79,14 +79,15 @@ def comparison(*dataset_results: pd.DataFrame) -> tuple[pd.DataFrame, str, Figur
 def record_run(
     model: dict[str, Any], prompt_sets: dict[str, Any], linear_probe: dict[str, Any],
     text_init_head: dict[str, Any] | None, adaptation_methods: dict[str, Any],
-    split: dict[str, Any], methods: list[str], datasets: list[str], shots: int | None,
-    few_shot_seed: int, **inputs: Any,
+    split: dict[str, Any], methods: list[str], datasets: dict[str, list[str]],
+    shots: int | None, few_shot_seed: int, **inputs: Any,
 ) -> dict[str, Any]:
     """How the run was made: settings, templates, split sizes, seeds, code and machine.
-    ``inputs`` holds per dataset ``config__<d>`` and the tables ``rejected__<d>``,
-    ``train__<d>``, ``val__<d>``, ``test__<d>``."""
+    ``datasets``: each dataset's prompt sets. ``inputs`` holds per dataset ``config__<d>``
+    and the tables ``rejected__<d>``, ``train__<d>``, ``val__<d>``, ``test__<d>``."""
     sources = {d: inputs[f"config__{d}"].get("source") for d in datasets}
-    templates = {name: {d: templates_for(spec, sources[d]) for d in datasets}
+    templates = {name: {d: templates_for(spec, sources[d]) for d, used in datasets.items()
+                        if name in used}
                  for name, spec in prompt_sets.items()}
     settings = {"linear_probe": linear_probe, "text_init_head": text_init_head,
                 **{f"zero_shot_{name}": {"prompt_set": spec} for name, spec in prompt_sets.items()},

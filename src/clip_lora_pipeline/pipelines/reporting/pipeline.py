@@ -82,14 +82,16 @@ def for_cell(name: str, cell: Cell, prompt_sets: list[str], probes: list[str],
         create_pipeline(name, prompt_sets, probes, adaptation_methods), name, cell)
 
 
-def create_summary_pipeline(datasets: list[str], cell: Cell, methods: list[str]) -> Pipeline:
-    """Across datasets, for one cell: the comparison table, its chart, the record of how
-    the run was made, and the HTML report. ``methods``: every method in the report."""
+def create_summary_pipeline(prompt_sets: dict[str, list[str]], cell: Cell, methods: list[str]
+                            ) -> Pipeline:
+    """Across datasets (``prompt_sets``: each dataset's), for one cell: the comparison
+    table, its chart, the record of how the run was made, and the HTML report.
+    ``methods``: every method in the report."""
     with warnings.catch_warnings():
         # These nodes read every dataset's namespaced outputs by design; Kedro warns
         # about any dotted name outside its own namespace.
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
-        return _summary_pipeline(datasets, cell, methods)
+        return _summary_pipeline(prompt_sets, cell, methods)
 
 
 def _record_inputs(datasets: list[str]) -> dict[str, str]:
@@ -102,15 +104,17 @@ def _record_inputs(datasets: list[str]) -> dict[str, str]:
     return inputs
 
 
-def _summary_pipeline(datasets: list[str], cell: Cell, methods: list[str]) -> Pipeline:
+def _summary_pipeline(prompt_sets: dict[str, list[str]], cell: Cell, methods: list[str]
+                      ) -> Pipeline:
     """In the namespace ``<cell>``: it reads the report sections ``<cell>.<d>.*``, and the
     splits that made the cell (``<d>.test``, ``<d>.<cell>.train``, ...)."""
+    datasets = list(prompt_sets)
     record = _record_inputs(datasets)
     nodes = Pipeline([
         Node(comparison, [f"{d}.report_results" for d in datasets],
              ["comparison_table", "comparison_table_markdown", "accuracy_chart"],
              name="comparison", tags=["reporting"]),
-        Node(_bound(record_run, methods=methods, datasets=datasets, shots=cell.shots,
+        Node(_bound(record_run, methods=methods, datasets=prompt_sets, shots=cell.shots,
                     few_shot_seed=cell.seed),
              {k.replace("rejected_images__", "rejected__"): v for k, v in record.items()},
              "run_record", name="record_run", tags=["reporting"]),
