@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from clip_lora_pipeline.core.attention import unfuse_attention
 from clip_lora_pipeline.core.embed import encode_images
 from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.lora import unfuse_attention
 from clip_lora_pipeline.core.model_id import ModelSpec
-from clip_lora_pipeline.core.models import compute_pooled_token_only, load_model
+from clip_lora_pipeline.core.models import load_model
+from clip_lora_pipeline.core.pooled_block import compute_pooled_token_only
 from clip_lora_pipeline.core.prompts import build_text_classifier, templates_for
 from clip_lora_pipeline.core.sources.classnames import load_class_names
 from clip_lora_pipeline.core.sources.image_folder import ImageFolder

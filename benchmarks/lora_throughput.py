@@ -8,14 +8,13 @@ encoders, text head "a photo of a {}." with Flowers102's class names (the first 
 all 102) recomputed every step, AdamW):
   - batch 16 with 10 classes, batch 32 with 102 classes;
   - ours: unfused attention (separate q/k/v Linear + SDPA), the trimmed text tower and
-    the class token alone in the last vision block (core.models.PooledTokenBlock);
+    the class token alone in the last vision block (core.pooled_block.PooledTokenBlock);
   - fused baseline: peft applied directly to nn.MultiheadAttention (one rank-r pair on
     the packed projection, as peft does there) and the full 77-token text tower.
 Both get the same preprocessed batches (random pixels: speed does not depend on them),
 so decoding is left out of both. Each case runs in its own process, so its peak RSS is
 its own; the two kinds alternate, three times each, and the fastest run of each counts (this
-VM's speed drifts by 10-20% within minutes). Also prints the fit times of the linear
-probe and the text-initialised head on 1,600 x 512 embeddings.
+VM's speed drifts by 10-20% within minutes).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,9 +37,11 @@ REPEATS = 3
 def run_case(kind: str, batch: int, classes: int) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from clip_lora_pipeline.core.lora import LoraSettings, peft_config, use_fast_dropout
+    from clip_lora_pipeline.core.dropout import use_fast_dropout
+    from clip_lora_pipeline.core.lora import LoraSettings, peft_config
     from clip_lora_pipeline.core.model_id import ModelSpec
-    from clip_lora_pipeline.core.models import load_model, tune_cpu_allocator
+    from clip_lora_pipeline.core.models import load_model
+    from clip_lora_pipeline.core.runtime import tune_cpu_allocator
     from clip_lora_pipeline.core.sources.classnames import load_class_names
     from clip_lora_pipeline.core.train import LOGIT_SCALE, ClipClassifier
 
@@ -94,25 +94,6 @@ def run_case(kind: str, batch: int, classes: int) -> dict:
     }
 
 
-def probe_fit_seconds() -> tuple[float, float]:
-    """Fit times of the logistic-regression probe and the text-initialised head."""
-    from clip_lora_pipeline.core.linear_probe import (
-        fit_linear_probe,
-        fit_text_initialised_head,
-    )
-
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(100, 512))
-    y, yv = np.repeat(np.arange(100), 16), np.repeat(np.arange(100), 4)
-    x = centres[y] + rng.normal(size=(len(y), 512))
-    xv = centres[yv] + rng.normal(size=(len(yv), 512))
-    text = centres + rng.normal(size=centres.shape)
-    x, xv, text = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (x, xv, text))
-    x, xv = x.astype(np.float32), xv.astype(np.float32)
-    return (fit_linear_probe(x, y, xv, yv, 100).fit_seconds,
-            fit_text_initialised_head(x, y, xv, yv, text, 100.0).fit_seconds)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", nargs=3, metavar=("KIND", "BATCH", "CLASSES"))
@@ -150,10 +131,7 @@ def main() -> None:
     print(f"- trainable parameters: ours {results[('ours', 16, 10)]['trainable']:,}, "
           f"fused {results[('fused', 16, 10)]['trainable']:,}")
     print("- targets: >= 1.5x at 10 classes, >= 2.5x at 102 classes, no more peak memory")
-    probe_seconds, head_seconds = probe_fit_seconds()
-    print(f"- linear probe fit (1,600 x 512 train, 400 val, 100 classes, 13 C values + refit): "
-          f"{probe_seconds:.2f} s; text-initialised head (8 strengths + refit): "
-          f"{head_seconds:.2f} s")
+    print("- the methods on cached features: benchmarks/feature_methods.py")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def test_registry_builds_namespaces_from_the_active_parameters(monkeypatch):
         "dataset_configs": {"a": SHAPES, "b": SHAPES},
         "prompt_sets": {"simple": "simple"},
         "adaptation_methods": {"lora": {}},
+        "feature_methods": {"linear_probe": {"method": "linear_probe"}},
         "shots": 4, "few_shot_seed": 2,
     }
     monkeypatch.setattr(project_config, "parameters", lambda: params)
@@ -47,7 +48,7 @@ def test_registry_builds_namespaces_from_the_active_parameters(monkeypatch):
     names = {node.name for node in pipelines["__default__"].nodes}
     assert {"a.split", "b.split", "a.zero_shot_simple", "b.shots_4_seed_2.train_lora",
             "a.shots_4_seed_2.linear_probe", "shots_4_seed_2.report"} <= names
-    assert "a.zero_shot_simple" not in {n.name for n in pipelines["linear_probe"].nodes}
+    assert "a.zero_shot_simple" not in {n.name for n in pipelines["feature_methods"].nodes}
     assert {n.name for n in pipelines["lora"].nodes} >= {
         "a.download", "a.shots_4_seed_2.train_lora", "a.shots_4_seed_2.evaluate_lora",
         "a.shots_4_seed_2.export_lora"}
@@ -57,6 +58,7 @@ def test_sweep_runs_every_cell_and_encodes_each_test_split_once(monkeypatch):
     params = {
         "datasets": ["a", "b"], "dataset_configs": {"a": SHAPES, "b": SHAPES},
         "prompt_sets": {"simple": "simple"}, "adaptation_methods": {"lora": {}},
+        "feature_methods": {"linear_probe": {"method": "linear_probe"}},
         "shots": 16, "few_shot_seed": 1, "sweep": {"shots": [4, 1], "seeds": [1, 2, 3]},
     }
     monkeypatch.setattr(project_config, "parameters", lambda: params)
@@ -96,47 +98,60 @@ def test_dataset_prompt_set_is_skipped_for_a_source_without_templates(caplog):
     assert project_config.prompt_sets_for(params, "flowers") == ["simple", "dataset"]
 
 
-def test_adaptation_methods_cannot_take_the_names_of_other_methods():
-    names = project_config.adaptation_method_names
-    assert names({"adaptation_methods": {"lora": {}, "bitfit": {}}}) == ["lora", "bitfit"]
-    for taken in ("zero_shot_simple", "linear_probe", "text_init_head"):
-        with pytest.raises(ValueError, match=taken):
-            names({"adaptation_methods": {taken: {}}})
-
-
+FEATURES = {"linear_probe": {"method": "linear_probe"},
+            "head": {"method": "text_init_head", "prompt_set": "ensemble"}}
 HEAD_PARAMS = {
     "datasets": ["a"], "dataset_configs": {"a": SHAPES}, "shots": 4, "few_shot_seed": 1,
     "prompt_sets": {"simple": "simple", "ensemble": "ensemble"}, "adaptation_methods": {},
+    "feature_methods": FEATURES,
 }
 
 
-def test_text_init_head_runs_with_its_prompt_sets_classifier_and_is_reported(monkeypatch):
-    params = {**HEAD_PARAMS, "text_init_head": {"enabled": True, "prompt_set": "ensemble"}}
-    monkeypatch.setattr(project_config, "parameters", lambda: params)
+def test_adaptation_methods_cannot_take_the_names_of_other_methods():
+    names = project_config.adaptation_method_names
+    params = {"prompt_sets": {"simple": "simple", "ensemble": "ensemble"},
+              "feature_methods": FEATURES}
+    assert names({**params, "adaptation_methods": {"lora": {}, "bitfit": {}}}) == [
+        "lora", "bitfit"]
+    for taken in ("zero_shot_simple", "linear_probe", "head"):
+        with pytest.raises(ValueError, match=taken):
+            names({**params, "adaptation_methods": {taken: {}}})
+
+
+def test_feature_methods_run_with_their_prompt_sets_classifier_and_are_reported(monkeypatch):
+    monkeypatch.setattr(project_config, "parameters", lambda: HEAD_PARAMS)
     pipelines = register_pipelines()
-    probe_nodes = {n.name: n for n in pipelines["linear_probe"].nodes}
-    # the linear_probe pipeline alone makes the classifier it starts from, and no other
-    assert {"a.shots_4_seed_1.text_init_head", "a.text_classifier_ensemble"} <= set(probe_nodes)
-    assert "a.text_classifier_simple" not in probe_nodes
-    assert "a.text_classifier_ensemble" in probe_nodes["a.shots_4_seed_1.text_init_head"].inputs
+    nodes = {n.name: n for n in pipelines["feature_methods"].nodes}
+    # the pipeline makes the classifier the head starts from, and no other
+    assert {"a.shots_4_seed_1.head", "a.shots_4_seed_1.linear_probe",
+            "a.text_classifier_ensemble"} <= set(nodes)
+    assert "a.text_classifier_simple" not in nodes
+    assert "a.text_classifier_ensemble" in nodes["a.shots_4_seed_1.head"].inputs
+    assert "a.text_classifier_ensemble" not in nodes["a.shots_4_seed_1.linear_probe"].inputs
+    # neither trains on augmented views, so none are encoded
+    assert not [n for n in nodes if "encode_views" in n]
     reporting = {n.name for n in pipelines["reporting"].nodes}
-    assert "shots_4_seed_1.a.report_confusion_text_init_head" in reporting
-    assert "a.shots_4_seed_1.text_init_head" in {n.name for n in pipelines["__default__"].nodes}
+    assert "shots_4_seed_1.a.report_confusion_head" in reporting
+    assert "a.shots_4_seed_1.head" in {n.name for n in pipelines["__default__"].nodes}
 
 
-@pytest.mark.parametrize("head", [None, {"enabled": False, "prompt_set": "simple"}])
-def test_text_init_head_can_be_left_out(monkeypatch, head):
-    params = {**HEAD_PARAMS, **({"text_init_head": head} if head else {})}
+def test_feature_methods_can_be_left_out(monkeypatch):
+    params = {**HEAD_PARAMS, "feature_methods": {}}
     monkeypatch.setattr(project_config, "parameters", lambda: params)
     names = {n.name for p in register_pipelines().values() for n in p.nodes}
-    assert not any("text_init_head" in n for n in names)
-    assert "a.shots_4_seed_1.linear_probe" in names
+    assert not any("linear_probe" in n or "head" in n for n in names)
 
 
-def test_text_init_head_names_a_prompt_set_that_exists():
-    params = {**HEAD_PARAMS, "text_init_head": {"prompt_set": "fancy"}}
-    with pytest.raises(ValueError, match=r"'text_init_head.prompt_set' is 'fancy'.*"
-                                         r"\['simple', 'ensemble'\].*enabled: false"):
-        project_config.text_init_head_prompt_set(params)
-    with pytest.raises(ValueError, match=r"'text_init_head' must map settings"):
-        project_config.text_init_head_prompt_set({**HEAD_PARAMS, "text_init_head": True})
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"method": "text_init_head", "prompt_set": "fancy"},
+     r"feature_methods\.head\.prompt_set is 'fancy'.*\['simple', 'ensemble'\]"),
+    ({"method": "text_init_head", "strenght_steps": 3},
+     r"feature_methods\.head: text_init_head\.strenght_steps: unknown; text_init_head takes"),
+    ({"method": "tip_adaptor"}, r"feature_methods\.head: unknown feature method 'tip_adaptor'"),
+    ({"prompt_set": "simple"}, r"feature_methods\.head must map 'method'"),
+])
+def test_a_feature_method_typo_fails_when_the_pipelines_are_built(monkeypatch, entry, message):
+    params = {**HEAD_PARAMS, "feature_methods": {"head": entry}}
+    monkeypatch.setattr(project_config, "parameters", lambda: params)
+    with pytest.raises(ValueError, match=message):
+        register_pipelines()

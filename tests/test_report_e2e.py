@@ -13,8 +13,10 @@ import pytest
 from tests.conftest import run_kedro
 
 REPORTS = Path("data/08_reporting/clip-lora-tiny__random/shots_8_seed_1")
-METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", "linear_probe",
-           "text_init_head", "lora", "bitfit"]
+FEATURES = ["linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
+            "meta_adapter"]
+METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", *FEATURES, "lora",
+           "bitfit"]
 SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"
 
 
@@ -102,12 +104,13 @@ def test_kedro_viz_build_exports_every_pipeline_offline(smoke_project):
     run_kedro(smoke_project, "viz", "build", "--include-previews", env={"KEDRO_ENV": "smoke"})
     main = json.loads((smoke_project / "build/api/main").read_text())
     assert {p["id"] for p in main["pipelines"]} >= {
-        "__default__", "data", "zero_shot", "linear_probe", "lora", "reporting", "sweep"}
+        "__default__", "data", "zero_shot", "feature_methods", "lora", "reporting", "sweep"}
     assert {"raw", "intermediate", "primary", "feature", "model", "reporting"} <= set(
         main["layers"])
     tasks = {n["name"]: n for n in main["nodes"] if n["type"] == "task"}
     for name in ("download", "encode_test", "encode_few_shot", "train_lora", "train_bitfit",
-                 "linear_probe", "report_confusion_lora", "comparison", "report"):
+                 "linear_probe", "tip_adapter", "encode_views", "report_confusion_lora",
+                 "comparison", "report"):
         assert name in tasks, sorted(tasks)
     assert "gpu" in tasks["train_lora"]["tags"]
     data = {n["name"]: n for n in main["nodes"] if n["type"] == "data"}

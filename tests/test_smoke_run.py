@@ -52,9 +52,12 @@ def test_smoke_run_evaluates_every_prompt_set_zero_shot(project):
 def test_smoke_run_trains_and_evaluates_every_method(project):
     out = project / "data/07_model_output/synthetic/clip-lora-tiny__random/shots_8_seed_1"
     models = project / "data/06_models/synthetic/clip-lora-tiny__random/shots_8_seed_1"
-    for method in ("linear_probe", "text_init_head", "lora", "bitfit"):
+    for method in ("linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
+                   "meta_adapter", "lora", "bitfit"):
         metrics = json.loads((out / method / "metrics.json").read_text())
-        assert metrics["n_images"] == 36 and metrics["trainable_parameters"] > 0
+        assert metrics["n_images"] == 36
+        # Tip-Adapter trains nothing: its cache is the few-shot features themselves
+        assert metrics["trainable_parameters"] > 0 or method == "tip_adapter"
     for method in ("lora", "bitfit"):
         assert (models / method / "adapter.safetensors").exists()
         assert (models / method / "merged_open_clip.safetensors").exists()

@@ -7,7 +7,7 @@ from kedro.pipeline import Pipeline
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.core.cells import Cell, SweepSettings
 from clip_lora_pipeline.pipelines.data import pipeline as data
-from clip_lora_pipeline.pipelines.linear_probe import pipeline as linear_probe
+from clip_lora_pipeline.pipelines.feature_methods import pipeline as feature_methods
 from clip_lora_pipeline.pipelines.lora import pipeline as lora
 from clip_lora_pipeline.pipelines.predict import pipeline as predict
 from clip_lora_pipeline.pipelines.reporting import pipeline as reporting
@@ -27,8 +27,8 @@ class _Project:
         self.names = project_config.dataset_names(params)
         self.prompt_sets = {n: project_config.prompt_sets_for(params, n) for n in self.names}
         self.methods = project_config.adaptation_method_names(params)
-        self.head_prompt_set = project_config.text_init_head_prompt_set(params)
-        self.probes = project_config.probe_method_names(params)
+        self.features = project_config.feature_methods(params)
+        self.feature_names = [entry.name for entry in self.features]
 
     def data(self, cells: list[Cell]) -> Pipeline:
         return _total(data.for_dataset(n) + _total(data.for_cell(n, c) for c in cells)
@@ -37,23 +37,23 @@ class _Project:
     def zero_shot(self) -> Pipeline:
         return _total(zero_shot.for_dataset(n, self.prompt_sets[n]) for n in self.names)
 
-    def probes_pipeline(self, cells: list[Cell]) -> Pipeline:
-        pipeline = _total(
+    def feature_pipeline(self, cells: list[Cell]) -> Pipeline:
+        """The methods on cached features, with the embeddings and text classifiers
+        they read."""
+        prompt_sets = sorted({e.prompt_set for e in self.features if e.prompt_set})
+        return _total(
             zero_shot.encode_test_for_dataset(n)
+            + _total(zero_shot.text_classifier_for_dataset(n, s) for s in prompt_sets)
             + _total(zero_shot.embeddings_for_cell(n, c)
-                     + linear_probe.for_cell(n, c, self.head_prompt_set) for c in cells)
+                     + feature_methods.for_cell(n, c, self.features) for c in cells)
             for n in self.names)
-        if self.head_prompt_set is not None:
-            pipeline += _total(zero_shot.text_classifier_for_dataset(n, self.head_prompt_set)
-                               for n in self.names)
-        return pipeline
 
     def adaptation(self, cells: list[Cell]) -> Pipeline:
         return _total(lora.for_cell(n, c, self.methods) for n in self.names for c in cells)
 
     def reporting(self, cell: Cell) -> Pipeline:
         return _total(
-            reporting.for_cell(n, cell, self.prompt_sets[n], self.probes, self.methods)
+            reporting.for_cell(n, cell, self.prompt_sets[n], self.feature_names, self.methods)
             for n in self.names) + reporting.create_summary_pipeline(
                 self.prompt_sets, cell, self.report_methods)
 
@@ -61,10 +61,10 @@ class _Project:
     def report_methods(self) -> list[str]:
         """Every method of the comparison, in its order (prompt sets of all datasets)."""
         prompt_sets = dict.fromkeys(s for n in self.names for s in self.prompt_sets[n])
-        return list(method_results(list(prompt_sets), self.probes, self.methods))
+        return list(method_results(list(prompt_sets), self.feature_names, self.methods))
 
     def sweep_aggregate(self, grid: SweepSettings) -> Pipeline:
-        per_cell = {n: method_results([], self.probes, self.methods) for n in self.names}
+        per_cell = {n: method_results([], self.feature_names, self.methods) for n in self.names}
         zero = {n: [f"zero_shot_{s}" for s in self.prompt_sets[n]] for n in self.names}
         return sweep.create_aggregate_pipeline(grid, per_cell, zero)
 
@@ -83,24 +83,24 @@ def register_pipelines() -> dict[str, Pipeline]:
     grid = SweepSettings.from_params(params.get("sweep"))
     data_pipeline = project.data([cell])
     zero_shot_pipeline = data_pipeline + project.zero_shot()
-    probe_pipeline = data_pipeline + project.probes_pipeline([cell])
+    feature_pipeline = data_pipeline + project.feature_pipeline([cell])
     lora_pipeline = data_pipeline + project.adaptation([cell])
     reporting_pipeline = project.reporting(cell)
     adapted = project.adaptation(grid.cells)
     # A sweep compares numbers; merged exports of every cell would only fill the disk.
     sweep_pipeline = (project.data(grid.cells) + project.zero_shot()
-                      + project.probes_pipeline(grid.cells)
+                      + project.feature_pipeline(grid.cells)
                       + (adapted - adapted.only_nodes_with_tags("export"))
                       + project.sweep_aggregate(grid))
     return {
-        "__default__": zero_shot_pipeline + probe_pipeline + lora_pipeline + reporting_pipeline,
+        "__default__": zero_shot_pipeline + feature_pipeline + lora_pipeline + reporting_pipeline,
         "reporting": reporting_pipeline,
         "lora": lora_pipeline,
         # Not in __default__: it needs the user's images and a trained model.
         "predict": predict.for_parameters(params, project.names, project.prompt_sets,
-                                          project.probes, project.methods, cell),
+                                          project.feature_names, project.methods, cell),
         "data": data_pipeline,
         "zero_shot": zero_shot_pipeline,
-        "linear_probe": probe_pipeline,
+        "feature_methods": feature_pipeline,
         "sweep": sweep_pipeline,
     }

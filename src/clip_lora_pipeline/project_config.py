@@ -20,9 +20,6 @@ logger = logging.getLogger(__name__)
 
 _active_loader: AbstractConfigLoader | None = None
 
-# Linear classifiers on cached embeddings, named as the reports and predict name them.
-PROBE_METHODS = ("linear_probe", "text_init_head")
-
 
 def use_config_loader(loader: AbstractConfigLoader) -> None:
     global _active_loader  # noqa: PLW0603
@@ -96,37 +93,20 @@ def prompt_sets_for(params: dict[str, Any], dataset: str) -> list[str]:
     return kept
 
 
+def feature_methods(params: dict[str, Any]):
+    """The ``feature_methods`` entries, each with its settings built and checked."""
+    from clip_lora_pipeline.core.methods.registry import feature_method_entries
+
+    return feature_method_entries(params.get("feature_methods"), prompt_set_names(params))
+
+
 def adaptation_method_names(params: dict[str, Any]) -> list[str]:
     names = _mapping_keys(params, "adaptation_methods", "training settings")
-    # The reports name every method in one namespace with these.
-    taken = [n for n in names if n in PROBE_METHODS or n.startswith("zero_shot")]
+    # The reports name every method in one namespace.
+    features = [entry.name for entry in feature_methods(params)]
+    taken = [n for n in names if n in features or n.startswith("zero_shot")]
     if taken:
-        raise ValueError(f"adaptation_methods {taken}: {list(PROBE_METHODS)} and names starting "
-                         "with 'zero_shot' are the reports' names for those methods; rename them.")
+        raise ValueError(f"adaptation_methods {taken}: feature_methods {features} and names "
+                         "starting with 'zero_shot' are the reports' names for other methods; "
+                         "rename them.")
     return names
-
-
-def text_init_head_prompt_set(params: dict[str, Any]) -> str | None:
-    """The prompt set whose text classifier starts the text-initialised head, or None when
-    the head is off (``text_init_head.enabled: false``, or no ``text_init_head`` entry)."""
-    head = params.get("text_init_head")
-    if head is None:
-        return None
-    if not isinstance(head, dict):
-        raise ValueError(f"parameter 'text_init_head' must map settings (enabled, prompt_set, "
-                         f"...) to values; got {head!r}. See conf/base/parameters_linear_probe.yml.")
-    if not head.get("enabled", True):
-        return None
-    prompt_sets = prompt_set_names(params)
-    prompt_set = head.get("prompt_set")
-    if prompt_set not in prompt_sets:
-        raise ValueError(f"parameter 'text_init_head.prompt_set' is {prompt_set!r}; it must be "
-                         f"an entry of 'prompt_sets': {prompt_sets}. Or set "
-                         "'text_init_head.enabled: false'.")
-    return prompt_set
-
-
-def probe_method_names(params: dict[str, Any]) -> list[str]:
-    """The linear classifiers on cached embeddings this run trains."""
-    return [m for m in PROBE_METHODS
-            if m != "text_init_head" or text_init_head_prompt_set(params) is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -13,6 +14,7 @@ from PIL import Image
 from clip_lora_pipeline.core.images import (
     BadImagesError,
     check_image,
+    image_files,
     load_rgb,
     to_rgb,
     validate_images,
@@ -249,3 +251,20 @@ def test_validation_records_the_original_16_bit_mode(tmp_path):
     images, _ = validate_images(make_manifest(["a/deep.png"], [0], ["apple"]), tmp_path)
     assert images["mode"].tolist() == ["I;16"]
     assert (images["width"][0], images["height"][0]) == (64, 4)
+
+
+def test_image_files_lists_visible_files_and_broken_links_but_never_a_fifo(tmp_path, make_image):
+    make_image(tmp_path / "b.jpg")
+    make_image(tmp_path / "a" / "z.jpg")
+    make_image(tmp_path / "a-b.jpg")  # '-' sorts before '/': listed before a/z.jpg
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    make_image(tmp_path / ".thumbs" / "t.jpg")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "linked").symlink_to(tmp_path / "a", target_is_directory=True)
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "pipe.jpg").symlink_to(tmp_path / "pipe")
+    listed = [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)]
+    assert listed == ["a-b.jpg", "a/z.jpg", "b.jpg", "gone.jpg", "link.jpg", "notes.txt"]
+    assert check_image(tmp_path / "gone.jpg").reason == "file not found"

@@ -1,4 +1,4 @@
-"""Model loading, device/precision, trimmed text encoding and cached-embedding equivalence,
+"""Model loading, trimmed text encoding and cached-embedding equivalence,
 on the tiny randomly initialised model (same code paths as a real one)."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
 from clip_lora_pipeline.core import models
+from clip_lora_pipeline.core.attention import open_clip_state_dict
 from clip_lora_pipeline.core.embed import (
     embeddings_matrix,
     embeddings_table,
     encode_images,
 )
 from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.lora import LoraSettings, open_clip_state_dict, peft_config
+from clip_lora_pipeline.core.lora import LoraSettings, peft_config
 from clip_lora_pipeline.core.manifest import make_manifest
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import slug_resolver, uses_quick_gelu
@@ -30,13 +31,12 @@ from clip_lora_pipeline.core.models import (
     TINY_MODEL,
     ModelError,
     ModelSpec,
-    PooledTokenBlock,
-    autocast,
-    compute_pooled_token_only,
     load_model,
     model_slug,
-    resolve_device,
-    resolve_precision,
+)
+from clip_lora_pipeline.core.pooled_block import (
+    PooledTokenBlock,
+    compute_pooled_token_only,
 )
 from clip_lora_pipeline.core.prompts import (
     GROUP_OVERHEAD_TOKENS,
@@ -49,14 +49,7 @@ from clip_lora_pipeline.core.prompts import (
 )
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from tests.conftest import write_image
-
-
-def _assert_close(actual, expected, rtol=1e-5):
-    """Close relative to the values' scale: rounding error grows with the magnitude of
-    what was summed, so an entry near zero gets the tolerance of the largest one."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    np.testing.assert_allclose(actual, expected, rtol=rtol,
-                               atol=rtol * float(np.abs(expected).max()))
+from tests.core.tiny import assert_close
 
 
 def _activations(model) -> tuple[int, int]:
@@ -265,24 +258,6 @@ def test_random_weights_are_the_same_in_every_load():
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_device_and_precision_on_cpu():
-    device = resolve_device("auto")
-    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    cpu = torch.device("cpu")
-    assert resolve_precision(cpu, "auto") == torch.float32
-    assert resolve_precision(cpu, "bf16") == torch.bfloat16
-    with pytest.raises(ModelError, match="precision"):
-        resolve_precision(cpu, "fp8")
-    if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="CUDA is not available"):
-            resolve_device("cuda")
-    with autocast(cpu, torch.bfloat16):
-        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-        assert torch.is_autocast_enabled("cpu")
-    with autocast(cpu, torch.float32):
-        assert not torch.is_autocast_enabled("cpu")
-
-
 def test_trimmed_text_encoding_equals_encode_text(tiny):
     prompts = [t.format(name) for name in ("pink primrose", "hard-leaved pocket orchid", "x")
                for t in templates_for("ensemble", "flowers102")[:10]]
@@ -292,7 +267,7 @@ def test_trimmed_text_encoding_equals_encode_text(tiny):
     with torch.inference_mode():
         full = tiny.model.encode_text(tokens)
         trimmed = encode_text_trimmed(tiny.model, tokens)
-    _assert_close(trimmed, full)
+    assert_close(trimmed, full)
 
 
 def test_trimmed_text_encoding_has_the_gradients_of_encode_text(tiny):
@@ -306,7 +281,7 @@ def test_trimmed_text_encoding_has_the_gradients_of_encode_text(tiny):
         (encode(tiny.model, tokens) ** 2).sum().backward()
         grads.append(weight.grad.clone())
     weight.grad = None
-    _assert_close(grads[1], grads[0])
+    assert_close(grads[1], grads[0])
 
 
 @pytest.mark.parametrize("lengths", [[9] * 58 + [10] * 30 + [11] * 11 + [13] * 3,
@@ -331,7 +306,7 @@ def test_text_classifier_is_normalised_mean_of_normalised_templates(tiny):
             tiny.tokenizer([t.format(c) for c in classes for t in templates])), dim=-1)
     expected = F.normalize(direct.reshape(3, len(templates), -1).mean(1), dim=-1)
     assert classifier.shape == (3, 32)
-    _assert_close(classifier, expected)
+    assert_close(classifier, expected)
 
 
 def test_prompt_sets():
@@ -369,7 +344,7 @@ def test_cached_embeddings_and_zero_shot_logits_equal_direct_open_clip(tiny, tmp
     classifier = build_text_classifier(tiny.model, tiny.tokenizer, classes,
                                        templates_for("simple", "synthetic"), cpu)
     logits = tiny.model.logit_scale.exp().item() * restored @ classifier.numpy().T
-    _assert_close(logits, direct_logits)  # 100 x cosine: tolerance relative to the scale
+    assert_close(logits, direct_logits)  # 100 x cosine: tolerance relative to the scale
 
 
 def test_evaluate_metrics_and_tables():
@@ -397,10 +372,6 @@ def test_num_workers_auto_is_zero_on_cpu_and_validated():
     assert resolve_num_workers(3, torch.device("cpu")) == 3
     with pytest.raises(ValueError, match="num_workers"):
         resolve_num_workers(-1, torch.device("cpu"))
-
-
-def test_allocator_tuning_is_idempotent():
-    assert models.tune_cpu_allocator() is models.tune_cpu_allocator()
 
 
 def test_pinned_memory_only_with_cuda(tiny, tmp_path):

@@ -25,6 +25,7 @@ from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.core.train import Trainer, TrainingError, TrainSettings
+from tests.core.tiny import assert_close
 
 CPU = torch.device("cpu")
 FAST_LORA = LoraSettings(r=4, alpha=8, dropout=0.1)
@@ -62,13 +63,6 @@ def _fit(trainer, loaded, shapes, **kwargs):
     return trainer.fit(paths, labels, val_paths, val_labels, loaded.preprocess,
                        trainer.settings.max_steps, **kwargs)
 
-
-def _assert_close(actual, expected, rtol=1e-5):
-    """Close relative to the values' scale: rounding error grows with the magnitude of
-    what was summed, so an entry near zero gets the tolerance of the largest one."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    np.testing.assert_allclose(actual, expected, rtol=rtol,
-                               atol=rtol * float(np.abs(expected).max()))
 
 
 @contextlib.contextmanager
@@ -230,7 +224,7 @@ def test_predict_builds_no_autograd_graph_and_matches_batches(shapes):
     assert grad_modes and not any(grad_modes)  # memory of one batch, not of the test set
     assert torch.is_grad_enabled() and trainer.model.training
     in_small_batches = trainer.predict(paths, loaded.preprocess, batch_size=5)
-    _assert_close(in_small_batches, whole)
+    assert_close(in_small_batches, whole)
 
 
 def test_vision_only_lora_trains_after_an_evaluation_of_the_untrained_model(shapes):
@@ -283,7 +277,7 @@ def test_micro_batches_of_a_partial_batch_give_the_full_batch_gradient(shapes):
         grads.append({n: p.grad.clone() for n, p in trainer.params.items()})
     assert any(g.abs().max() > 0 for g in grads[0].values())
     for name, grad in grads[0].items():
-        _assert_close(grads[1][name], grad, rtol=1e-4)
+        assert_close(grads[1][name], grad, rtol=1e-4)
 
 
 @pytest.mark.parametrize(("select", "saved"), [("last", "trainable"), ("best_val", "best")])

@@ -8,14 +8,11 @@ from typing import Any
 
 import torch
 
-from clip_lora_pipeline.core.lora import BitFitSettings, LoraSettings
+from clip_lora_pipeline.core.bitfit import BitFitSettings
+from clip_lora_pipeline.core.lora import LoraSettings
 from clip_lora_pipeline.core.model_id import ModelSpec
-from clip_lora_pipeline.core.models import (
-    LoadedModel,
-    load_model,
-    resolve_device,
-    resolve_precision,
-)
+from clip_lora_pipeline.core.models import LoadedModel, load_model
+from clip_lora_pipeline.core.runtime import resolve_device, resolve_precision
 from clip_lora_pipeline.core.train import Trainer, TrainSettings
 
 

@@ -24,7 +24,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.models import autocast, tune_cpu_allocator
+from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator
 
 
 def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:

@@ -1,4 +1,5 @@
-"""Decoding images, converting every mode to RGB, and validating a manifest's files."""
+"""Finding image files, decoding images, converting every mode to RGB, and validating a
+manifest's files."""
 
 from __future__ import annotations
 
@@ -30,6 +31,28 @@ class BadImagesError(ValueError):
     def __init__(self, message: str, rejected: pd.DataFrame | None = None) -> None:
         super().__init__(message)
         self.rejected = rejected
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every visible file under ``folder``, searched recursively, sorted by its path
+    relative to ``folder`` (as a POSIX string).
+
+    Images or not: validation then rejects the non-images and says why, instead of an
+    extension filter dropping them unseen. Files and folders whose name starts with '.'
+    are skipped (hidden folders are not entered); links to folders are not followed.
+    Broken links are listed (validation rejects them as "file not found"); FIFOs,
+    devices and sockets, or links to them, never are: reading one would block.
+    """
+    found = []
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(current) / name
+            if not name.startswith(".") and (
+                path.is_file() or (path.is_symlink() and not path.exists())
+            ):
+                found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def _depth_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:

@@ -7,20 +7,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 from scipy.stats import norm
 from sklearn.metrics import precision_recall_fscore_support
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def ranked_classes(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class indices per row from most to least likely (ties: lower label first), and
-    the rows' softmax probabilities."""
-    return np.argsort(-logits, axis=1, kind="stable"), softmax(logits.astype(np.float64))
+    the rows' softmax probabilities in float64."""
+    ranked = np.argsort(-logits, axis=1, kind="stable")
+    return ranked, softmax(logits.astype(np.float64), axis=1)
 
 
 def accuracy_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:

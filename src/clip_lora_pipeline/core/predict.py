@@ -21,11 +21,12 @@ from clip_lora_pipeline.core.embed import (
     embeddings_matrix,
     encode_images,
 )
-from clip_lora_pipeline.core.images import check_images
-from clip_lora_pipeline.core.linear_probe import LinearProbe
+from clip_lora_pipeline.core.images import check_images, image_files
+from clip_lora_pipeline.core.methods.registry import from_artifact
 from clip_lora_pipeline.core.metrics import ranked_classes
 from clip_lora_pipeline.core.model_id import ModelSpec
-from clip_lora_pipeline.core.models import load_model, resolve_device, resolve_precision
+from clip_lora_pipeline.core.models import load_model
+from clip_lora_pipeline.core.runtime import resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +40,16 @@ class PredictSettings:
 
     input: str
     dataset: str
-    model: str  # zero_shot, a probe (linear_probe, text_init_head) or an adaptation method
+    model: str  # zero_shot, a feature method (linear_probe, ...) or an adaptation method
     prompt_set: str | None  # zero_shot only
     top_k: int = 5
 
     @classmethod
     def from_params(
         cls, params: Any, datasets: Sequence[str], prompt_sets: Sequence[str],
-        probes: Sequence[str], methods: Sequence[str],
+        features: Sequence[str], methods: Sequence[str],
     ) -> PredictSettings:
-        """``probes``: the linear classifiers on embeddings the project trains.
+        """``features``: the methods on cached features the project fits.
         Every mistake is a ValueError naming the parameter, its value and what it may be."""
         if not isinstance(params, dict):
             raise ValueError(
@@ -69,9 +70,10 @@ class PredictSettings:
                 "every key."
             )
         _one_of("predict.dataset", params["dataset"], datasets, "the 'datasets' parameter")
-        models = [ZERO_SHOT, *probes, *methods]
+        models = [ZERO_SHOT, *features, *methods]
         _one_of("predict.model", params["model"], models,
-                f"zero_shot, {', '.join(probes)} or an entry of 'adaptation_methods'")
+                f"zero_shot, an entry of 'feature_methods' ({', '.join(features)}) or of "
+                "'adaptation_methods'")
         prompt_set = params.get("prompt_set")
         if params["model"] == ZERO_SHOT:
             _one_of("predict.prompt_set", prompt_set, prompt_sets, "an entry of 'prompt_sets'")
@@ -103,19 +105,6 @@ def image_root(input_path: str | os.PathLike) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def _files_under(folder: Path) -> list[Path]:
-    found = []
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders: skipped
-        for name in files:
-            path = Path(current) / name
-            # Regular files and broken links (rejected as "file not found"); never a
-            # FIFO or device, which would block the reader.
-            if not name.startswith(".") and (path.is_file() or path.is_symlink()):
-                found.append(path)
-    return found
-
-
 def find_images(
     input_path: str | os.PathLike, num_workers: int | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
@@ -127,8 +116,7 @@ def find_images(
     ``rejected`` (path, reason), both sorted by path, and ``root``.
     """
     root = image_root(input_path)
-    files = _files_under(root) if Path(input_path).is_dir() else [Path(input_path)]
-    files = sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    files = image_files(root) if Path(input_path).is_dir() else [Path(input_path)]
     checks = check_images(files, num_workers)
     relative = pd.Series([p.relative_to(root).as_posix() for p in files], dtype="string")
     reasons = pd.Series([c.reason for c in checks], dtype="string")
@@ -190,19 +178,23 @@ def logits_from_text_classifier(
     return classifier_logits(features, classifier), classes
 
 
-def logits_from_linear_probe(
-    images: pd.DataFrame, root: str | os.PathLike, probe_table: pd.DataFrame,
+def logits_from_feature_method(
+    images: pd.DataFrame, root: str | os.PathLike, artifact: dict[str, Any],
     model_params: dict[str, Any], runtime: dict[str, Any],
 ) -> tuple[np.ndarray, list[str]]:
-    """A linear classifier on the images' embeddings (the linear probe, the
-    text-initialised head)."""
-    probe = LinearProbe.from_table(probe_table)
-    classes = probe_table.sort_values("label")["class_name"].tolist()
+    """A method fit on cached features (linear probe, Tip-Adapter, ...), reloaded from
+    its stored arrays, on the images' embeddings."""
+    method, fitted, classes = from_artifact(artifact)
     if not len(images):
         return np.empty((0, len(classes)), dtype=np.float32), classes
     features = _image_features(images, root, model_params, runtime)
-    _check_width(features, probe.weights, "linear probe")
-    return probe.logits(features), classes
+    widths = {a.shape[-1] for a in fitted.arrays.values() if a.ndim == 2}
+    if features.shape[1] not in widths:
+        raise ValueError(
+            f"the {method.name} model holds {sorted(widths)}-dimensional arrays but the model "
+            f"gives {features.shape[1]}-dimensional embeddings: it was fit on another "
+            "model's features; re-run its pipeline.")
+    return method.logits(fitted, features), classes
 
 
 def logits_from_adapter(

@@ -27,18 +27,17 @@ from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core import checkpoints
 from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
-from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.lora import (
+from clip_lora_pipeline.core.bitfit import (
     BitFitSettings,
-    LoraSettings,
     bitfit_parameters,
     freeze_all_but,
-    peft_config,
-    use_fast_dropout,
 )
-from clip_lora_pipeline.core.models import autocast, tune_cpu_allocator
+from clip_lora_pipeline.core.dropout import use_fast_dropout
+from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.lora import LoraSettings, peft_config
 from clip_lora_pipeline.core.prompts import encode_text_trimmed
-from clip_lora_pipeline.core.resources import PeakMemory
+from clip_lora_pipeline.core.runtime import PeakMemory, autocast, tune_cpu_allocator
+from clip_lora_pipeline.core.settings import from_params as settings_from_params
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +96,7 @@ class TrainSettings:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainSettings:
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise TrainingError(f"training parameters {unknown} are unknown; known: "
-                                f"{sorted(cls.__dataclass_fields__)}.")
-        values = dict(params)
-        if "crop_scale" in values:
-            values["crop_scale"] = tuple(values["crop_scale"])
-        return cls(**values)
+        return settings_from_params(cls, params, "training", TrainingError)
 
     def total_steps(self, shots: int | None) -> int:
         if self.max_steps is not None:

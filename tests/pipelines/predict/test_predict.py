@@ -15,13 +15,14 @@ from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.methods.registry import FEATURE_METHODS
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import PredictSettings, find_images, top_k_table
 from clip_lora_pipeline.datasets import CSVDataset, ParquetDataset, SafetensorsDataset
 from clip_lora_pipeline.pipeline_registry import register_pipelines
-from clip_lora_pipeline.pipelines.linear_probe.nodes import (
-    linear_probe,
-    text_initialised_head,
+from clip_lora_pipeline.pipelines.feature_methods.nodes import (
+    encode_views,
+    fit_feature_method,
 )
 from clip_lora_pipeline.pipelines.lora import nodes as lora_nodes
 from clip_lora_pipeline.pipelines.predict import nodes
@@ -34,8 +35,11 @@ RUNTIME = {"device": "cpu", "precision": "auto", "batch_size": 16, "num_workers"
 LORA = {"method": "lora", "lr": 5e-3, "max_steps": 6, "batch_size": 8, "eval_every": 3,
         "checkpoint_every": 3, "crop_scale": [0.5, 1.0],
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
-KINDS = ("zero_shot", "linear_probe", "text_init_head", "lora")
+FEATURES = sorted(FEATURE_METHODS)  # every method on cached features, by its kind's name
+KINDS = ("zero_shot", *FEATURES, "lora")
 PROBES = ["linear_probe", "text_init_head"]
+# Short trainings where a method's defaults train for long.
+FAST = {"tip_adapter_f": {"train_epoch": 5}, "clap": {"epochs": 50}}
 CELL = Cell(shots=3, seed=1)
 COLUMNS = ["file", "predicted_class", "confidence", "class_1", "prob_1", "class_2", "prob_2",
            "class_3", "prob_3"]  # top_k: 3
@@ -54,10 +58,15 @@ def models(shapes, tmp_path_factory):
     test_emb = zero_shot_nodes.encode_test(test, dataset, MODEL, RUNTIME)
     classifier = zero_shot_nodes.text_classifier(manifest, dataset, "simple", MODEL, RUNTIME)
     _, _, zero_shot_predictions = zero_shot_nodes.zero_shot(test_emb, classifier)
-    probe, _, _, probe_predictions = linear_probe(
-        train_emb, val_emb, test_emb, manifest, {"c_steps": 3}, 3)
-    head, _, _, head_predictions = text_initialised_head(
-        train_emb, val_emb, test_emb, classifier, {"strength_steps": 3}, 3)
+    views = encode_views(train, dataset, MODEL, RUNTIME, {"n_views": 2}, seed=1)
+    features = {}
+    for kind in FEATURES:
+        method = FEATURE_METHODS[kind]
+        artifact, _, _, predictions = fit_feature_method(
+            train_emb, val_emb, test_emb, manifest, {"method": kind, **FAST.get(kind, {})},
+            name=kind, shots=3, classifier=classifier if method.uses_text else None,
+            train_views=views if method.uses_views else None)
+        features[kind] = (artifact, predictions)
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     adapter, _, summary = lora_nodes.train_adapter(
         train, val, manifest, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints), seed=1)
@@ -65,8 +74,7 @@ def models(shapes, tmp_path_factory):
         test, adapter, summary, dataset, MODEL, RUNTIME)
     return {
         "zero_shot": (classifier, zero_shot_predictions),
-        "linear_probe": (probe, probe_predictions),
-        "text_init_head": (head, head_predictions),
+        **features,
         "lora": (adapter, lora_predictions),
     }
 
@@ -209,8 +217,8 @@ def test_find_new_images_node(messy_folder):
 def test_each_model_predicts_what_its_own_evaluation_predicted(kind, shapes, models):
     dataset, *_, test = shapes
     artifact, evaluation = models[kind]
-    predict = {"zero_shot": nodes.predict_zero_shot, "linear_probe": nodes.predict_linear_probe,
-               "text_init_head": nodes.predict_linear_probe, "lora": nodes.predict_adapted}[kind]
+    predict = {"zero_shot": nodes.predict_zero_shot, "lora": nodes.predict_adapted}.get(
+        kind, nodes.predict_feature_method)
     images = test[["path"]].reset_index(drop=True)
     params = _params(dataset["root"], kind, top_k=5)  # every class of 5
     table, csv_copy = predict(images, artifact, MODEL, RUNTIME, params)
@@ -251,10 +259,6 @@ def _catalog(out: Path, params: dict, models: dict) -> DataCatalog:
     """Stored models as the other pipelines write them; outputs as the catalog has them."""
     classifier = ParquetDataset(filepath=str(out / "text_classifier_simple.parquet"))
     classifier.save(models["zero_shot"][0])
-    probe = ParquetDataset(filepath=str(out / "linear_probe_model.parquet"))
-    probe.save(models["linear_probe"][0])
-    head = ParquetDataset(filepath=str(out / "text_init_head_model.parquet"))
-    head.save(models["text_init_head"][0])
     adapter = SafetensorsDataset(str(out / "adapter.safetensors"))
     adapter.save(models["lora"][0])
     entries = {
@@ -262,10 +266,12 @@ def _catalog(out: Path, params: dict, models: dict) -> DataCatalog:
         "params:model": MemoryDataset(MODEL),
         "params:runtime": MemoryDataset(RUNTIME),
         "shapes.text_classifier_simple": classifier,
-        f"shapes.{CELL.name}.linear_probe_model": probe,
-        f"shapes.{CELL.name}.text_init_head_model": head,
         f"shapes.{CELL.name}.adapted_lora_adapter": adapter,
     }
+    for kind in FEATURES:
+        entries[f"shapes.{CELL.name}.{kind}_model"] = stored = SafetensorsDataset(
+            str(out / f"{kind}_model.safetensors"))
+        stored.save(models[kind][0])
     for name in ("images", "rejected_images", "predictions"):
         entries[f"predict.{name}"] = ParquetDataset(filepath=str(out / f"{name}.parquet"))
     for name in ("rejected_images", "predictions"):
@@ -279,8 +285,8 @@ def test_pipeline_predicts_the_good_files_and_lists_the_rest(kind, messy_folder,
                                                              tmp_path):
     folder, good = messy_folder
     params = _params(folder, kind)
-    pipeline = for_parameters({"predict": params}, ["shapes"], {"shapes": ["simple"]}, PROBES,
-                              ["lora"], CELL)
+    pipeline = for_parameters({"predict": params}, ["shapes"], {"shapes": ["simple"]},
+                              FEATURES, ["lora"], CELL)
     out = tmp_path / "out"
     catalog = _catalog(out, params, models)
     SequentialRunner().run(pipeline, catalog)

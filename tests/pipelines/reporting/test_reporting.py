@@ -103,7 +103,7 @@ def _catalog(tmp_path, methods: dict[str, str]) -> DataCatalog:
         catalog[f"{where}.{prefix}_predictions"] = MemoryDataset(predictions)
     params = {"dataset_configs.pets": {"root": str(root), "source": "oxford_pets"},
               "model": MODEL, "prompt_sets": {"simple": "simple"},
-              "linear_probe": {"c_steps": 5}, "text_init_head": None,
+              "feature_methods": {"linear_probe": {"method": "linear_probe", "c_steps": 5}},
               "adaptation_methods": {"lora": {"method": "lora", "lora": {"r": 2}}},
               "split": {"seed": 0}}
     for key, value in params.items():

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 # Above this many classes, tick labels overlap: draw a bare heatmap and list the
 # most-confused pairs in a table instead.
@@ -17,15 +18,17 @@ CORRECT_COLOUR, WRONG_COLOUR = "#1a7f37", "#cf222e"
 
 def confusion_matrix(predictions: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class, in ``class_names`` order."""
-    index = {name: i for i, name in enumerate(class_names)}
-    unknown = set(predictions["true_class"]).union(predictions["predicted_class"]) - set(index)
+    labels = list(class_names)
+    unknown = set(predictions["true_class"]).union(predictions["predicted_class"]) - set(labels)
     if unknown:
         raise ValueError(f"predictions name classes missing from the class list: {sorted(unknown)[:5]}")
-    matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-    rows = predictions["true_class"].map(index).to_numpy()
-    cols = predictions["predicted_class"].map(index).to_numpy()
-    np.add.at(matrix, (rows, cols), 1)
-    return matrix
+    if predictions.empty:  # sklearn refuses empty input
+        return np.zeros((len(labels), len(labels)), dtype=np.int64)
+    return sklearn_confusion_matrix(
+        predictions["true_class"].to_numpy(dtype=object),
+        predictions["predicted_class"].to_numpy(dtype=object),
+        labels=labels,
+    ).astype(np.int64, copy=False)
 
 
 def row_normalised(matrix: np.ndarray) -> np.ndarray:

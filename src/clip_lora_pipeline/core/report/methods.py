@@ -88,18 +88,25 @@ ADAPTATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {"lora": _lora, "bi
 
 def method_description(method: str, settings: Mapping[str, Any] | None) -> str:
     """What ``method`` is, in one line. ``settings``: for zero_shot_<set> optionally
-    ``{"templates": [...]}``; for the probes their parameter block; for an adaptation
+    ``{"templates": [...]}``; for a feature method its entry of ``feature_methods``
+    (kind under ``method``; the registry's description for kinds without a line here); for an adaptation
     method its entry of ``adaptation_methods`` (kind under ``method``). Settings left out
     are written as 'default'."""
     settings = settings or {}
     if method.startswith("zero_shot_"):
         return _zero_shot(method.removeprefix("zero_shot_"), settings)
-    if method == "linear_probe":
-        return _linear_probe(settings)
-    if method == "text_init_head":
-        return _text_init_head(settings)
     kind = settings.get("method", method)
+    if kind == "linear_probe":
+        return _linear_probe(settings)
+    if kind == "text_init_head":
+        return _text_init_head(settings)
     if kind in ADAPTATIONS:
         return ADAPTATIONS[kind](settings)
-    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, Mapping))
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items()
+                      if k != "method" and not isinstance(v, Mapping))
+    # imported here: the registry brings torch, which the rest of the report does without
+    from clip_lora_pipeline.core.methods.registry import FEATURE_METHODS
+
+    if kind in FEATURE_METHODS:
+        return f"{FEATURE_METHODS[kind].description}{' Settings: ' + shown if shown else ''}"
     return f"Adaptation method '{kind}' (fine-tunes part of CLIP){': ' + shown if shown else ''}."

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from clip_lora_pipeline.core.images import image_files
 from clip_lora_pipeline.core.manifest import SPLITS, make_manifest
 from clip_lora_pipeline.core.sources.base import Source, SourceError
 
@@ -16,15 +17,6 @@ logger = logging.getLogger(__name__)
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
-
-
-def _files_under(folder: Path) -> list[Path]:
-    # Every visible file is listed, images or not: validation rejects the non-images
-    # and reports them, instead of an extension filter dropping them unseen.
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 def default_class_name(folder: str) -> str:
@@ -113,7 +105,7 @@ class ImageFolder(Source):
         _warn_clutter(root, folders)
         paths, labels, splits = [], [], []
         for (split, folder), directory in sorted(class_dirs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-            files = _files_under(directory)
+            files = image_files(directory)
             if not files:
                 raise SourceError(
                     f"image_folder: class folder {directory} is empty. Add images to it or remove it."

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from clip_lora_pipeline.core.adapters import build_trainer, restore_trainer
-from clip_lora_pipeline.core.lora import open_clip_state_dict
+from clip_lora_pipeline.core.attention import open_clip_state_dict
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import model_slug, uses_quick_gelu

@@ -10,7 +10,7 @@ from clip_lora_pipeline.core.predict import (
     find_images,
     image_root,
     logits_from_adapter,
-    logits_from_linear_probe,
+    logits_from_feature_method,
     logits_from_text_classifier,
     top_k_table,
 )
@@ -39,15 +39,15 @@ def predict_zero_shot(
                                                       runtime), params)
 
 
-def predict_linear_probe(
-    images: pd.DataFrame, probe: pd.DataFrame, model_params: dict[str, Any],
+def predict_feature_method(
+    images: pd.DataFrame, artifact: dict[str, Any], model_params: dict[str, Any],
     runtime: dict[str, Any], params: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Top-k classes of each image by a linear classifier on embeddings (linear_probe,
-    text_init_head)."""
+    """Top-k classes of each image by a method on cached features (linear_probe,
+    tip_adapter, ...)."""
     root = image_root(params["input"])
-    return _table(images, logits_from_linear_probe(images, root, probe, model_params, runtime),
-                  params)
+    return _table(images, logits_from_feature_method(images, root, artifact, model_params,
+                                                     runtime), params)
 
 
 def predict_adapted(

@@ -15,30 +15,30 @@ from clip_lora_pipeline.core.predict import ZERO_SHOT, PredictSettings
 from clip_lora_pipeline.pipelines.predict.nodes import (
     find_new_images,
     predict_adapted,
-    predict_linear_probe,
+    predict_feature_method,
     predict_zero_shot,
 )
-from clip_lora_pipeline.project_config import PROBE_METHODS
 
 PARAMETERS = {"params:predict", "params:model", "params:runtime"}
 
 
-def model_artifact(settings: PredictSettings, cell: Cell) -> str:
+def model_artifact(settings: PredictSettings, cell: Cell, features: list[str]) -> str:
     """The catalog entry the chosen model is read from: the text classifier is made per
     dataset, trained models per few-shot cell (``shots`` and ``few_shot_seed``)."""
     if settings.model == ZERO_SHOT:
         return f"{settings.dataset}.text_classifier_{settings.prompt_set}"
-    if settings.model in PROBE_METHODS:
+    if settings.model in features:
         return f"{settings.dataset}.{cell.name}.{settings.model}_model"
     return f"{settings.dataset}.{cell.name}.adapted_{settings.model}_adapter"
 
 
-def create_pipeline(settings: PredictSettings, cell: Cell) -> Pipeline:
-    artifact = model_artifact(settings, cell)
+def create_pipeline(settings: PredictSettings, cell: Cell, features: list[str]) -> Pipeline:
+    """``features``: the names of the methods on cached features."""
+    artifact = model_artifact(settings, cell, features)
     if settings.model == ZERO_SHOT:
         predict = predict_zero_shot
-    elif settings.model in PROBE_METHODS:
-        predict = predict_linear_probe
+    elif settings.model in features:
+        predict = predict_feature_method
     else:
         predict = predict_adapted
     return Pipeline(
@@ -68,7 +68,7 @@ def check_parameters(message: str) -> None:
 
 
 def for_parameters(params: dict[str, Any], datasets: list[str],
-                   prompt_sets: dict[str, list[str]], probes: list[str], methods: list[str],
+                   prompt_sets: dict[str, list[str]], features: list[str], methods: list[str],
                    cell: Cell) -> Pipeline:
     """The predict pipeline as the parameters ask for it.
 
@@ -79,11 +79,11 @@ def for_parameters(params: dict[str, Any], datasets: list[str],
     dataset = chosen.get("dataset") if isinstance(chosen, dict) else None
     try:
         settings = PredictSettings.from_params(chosen, datasets, prompt_sets.get(dataset, []),
-                                               probes, methods)
+                                               features, methods)
     except ValueError as error:
         return Pipeline(
             [Node(update_wrapper(partial(check_parameters, str(error)), check_parameters),
                   None, "predictions", name="check_parameters")],
             tags="predict", namespace="predict",
         )
-    return create_pipeline(settings, cell)
+    return create_pipeline(settings, cell, features)

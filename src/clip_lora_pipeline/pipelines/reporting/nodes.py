@@ -77,8 +77,8 @@ def comparison(*dataset_results: pd.DataFrame) -> tuple[pd.DataFrame, str, Figur
 
 
 def record_run(
-    model: dict[str, Any], prompt_sets: dict[str, Any], linear_probe: dict[str, Any],
-    text_init_head: dict[str, Any] | None, adaptation_methods: dict[str, Any],
+    model: dict[str, Any], prompt_sets: dict[str, Any], feature_methods: dict[str, Any],
+    adaptation_methods: dict[str, Any],
     split: dict[str, Any], methods: list[str], datasets: dict[str, list[str]],
     shots: int | None, few_shot_seed: int, **inputs: Any,
 ) -> dict[str, Any]:
@@ -89,9 +89,8 @@ def record_run(
     templates = {name: {d: templates_for(spec, sources[d]) for d, used in datasets.items()
                         if name in used}
                  for name, spec in prompt_sets.items()}
-    settings = {"linear_probe": linear_probe, "text_init_head": text_init_head,
-                **{f"zero_shot_{name}": {"prompt_set": spec} for name, spec in prompt_sets.items()},
-                **adaptation_methods}
+    settings = {**{f"zero_shot_{name}": {"prompt_set": spec} for name, spec in prompt_sets.items()},
+                **(feature_methods or {}), **adaptation_methods}
     seeds = {"few_shot_seed": few_shot_seed, "split.seed": split.get("seed"),
              **{f"{m} training seed": adaptation_methods[m].get("seed", few_shot_seed)
                 for m in methods if m in adaptation_methods}}

@@ -25,21 +25,21 @@ from clip_lora_pipeline.pipelines.reporting.nodes import (
 _bound = namespaces.bound
 
 
-def method_results(prompt_sets: list[str], probes: list[str], adaptation_methods: list[str]
-                   ) -> dict[str, str]:
+def method_results(prompt_sets: list[str], feature_methods: list[str],
+                   adaptation_methods: list[str]) -> dict[str, str]:
     """Method name in the reports -> prefix of its result datasets."""
     return {
         **{f"zero_shot_{s}": f"zero_shot_{s}" for s in prompt_sets},
-        **{p: p for p in probes},
+        **{name: name for name in feature_methods},
         **{m: f"adapted_{m}" for m in adaptation_methods},
     }
 
 
-def create_pipeline(dataset: str, prompt_sets: list[str], probes: list[str],
+def create_pipeline(dataset: str, prompt_sets: list[str], feature_methods: list[str],
                     adaptation_methods: list[str]) -> Pipeline:
     """One dataset's figures, tables and report section (names inside its namespace).
-    ``probes``: the linear classifiers on embeddings (linear_probe, text_init_head)."""
-    results = method_results(prompt_sets, probes, adaptation_methods)
+    ``feature_methods``: the methods on cached features (linear_probe, tip_adapter, ...)."""
+    results = method_results(prompt_sets, feature_methods, adaptation_methods)
     methods = list(results)
     nodes = []
     section_inputs = {"per_class_f1": "report_per_class_f1"}
@@ -76,10 +76,10 @@ def create_pipeline(dataset: str, prompt_sets: list[str], probes: list[str],
     return Pipeline(nodes)
 
 
-def for_cell(name: str, cell: Cell, prompt_sets: list[str], probes: list[str],
+def for_cell(name: str, cell: Cell, prompt_sets: list[str], feature_methods: list[str],
              adaptation_methods: list[str]) -> Pipeline:
     return namespaces.for_cell_report(
-        create_pipeline(name, prompt_sets, probes, adaptation_methods), name, cell)
+        create_pipeline(name, prompt_sets, feature_methods, adaptation_methods), name, cell)
 
 
 def create_summary_pipeline(prompt_sets: dict[str, list[str]], cell: Cell, methods: list[str]
@@ -96,7 +96,7 @@ def create_summary_pipeline(prompt_sets: dict[str, list[str]], cell: Cell, metho
 
 def _record_inputs(datasets: list[str]) -> dict[str, str]:
     inputs = {key: f"params:{key}" for key in (
-        "model", "prompt_sets", "linear_probe", "text_init_head", "adaptation_methods", "split")}
+        "model", "prompt_sets", "feature_methods", "adaptation_methods", "split")}
     for d in datasets:
         inputs |= {f"config__{d}": f"params:dataset_configs.{d}",
                    **{f"{part}__{d}": f"{d}.{part}" for part in

@@ -19,13 +19,9 @@ from clip_lora_pipeline.core.embed import (
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import ModelSpec
-from clip_lora_pipeline.core.models import (
-    LoadedModel,
-    load_model,
-    resolve_device,
-    resolve_precision,
-)
+from clip_lora_pipeline.core.models import LoadedModel, load_model
 from clip_lora_pipeline.core.prompts import build_text_classifier, templates_for
+from clip_lora_pipeline.core.runtime import resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +32,14 @@ def _model(spec: ModelSpec, device: str) -> LoadedModel:
     return load_model(spec, device)
 
 
-def _loaded(model_params: dict[str, Any], runtime: dict[str, Any]) -> LoadedModel:
+def loaded_model(model_params: dict[str, Any], runtime: dict[str, Any]) -> LoadedModel:
     device = resolve_device(runtime.get("device", "auto"))
     return _model(ModelSpec.from_params(model_params), str(device))
 
 
 def _encode(manifest: pd.DataFrame, name: str, dataset: dict[str, Any],
             model_params: dict[str, Any], runtime: dict[str, Any]) -> pd.DataFrame:
-    loaded = _loaded(model_params, runtime)
+    loaded = loaded_model(model_params, runtime)
     embeddings = encode_images(
         loaded.model, manifest, Path(dataset["root"]), loaded.preprocess, loaded.device,
         dtype=resolve_precision(loaded.device, runtime.get("precision", "auto")),
@@ -79,7 +75,7 @@ def text_classifier(
     runtime: dict[str, Any],
 ) -> pd.DataFrame:
     """One normalised text embedding per class (label order), with the logit scale."""
-    loaded = _loaded(model_params, runtime)
+    loaded = loaded_model(model_params, runtime)
     classes = class_table(manifest)
     templates = templates_for(prompt_set, dataset["source"])
     weights = build_text_classifier(

@@ -1,0 +1,1 @@
+"""Adaptation methods, one module each, registered by name in ``registry``."""

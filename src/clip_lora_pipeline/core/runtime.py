@@ -1,0 +1,115 @@
+"""Where and how the model runs: the device, the autocast precision, the CPU allocator,
+and the peak memory of one stretch of work (a training run, a probe fit)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import resource
+from pathlib import Path
+
+import torch
+
+from clip_lora_pipeline.core.model_id import ModelError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when it is available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} was asked for, but CUDA is not available here.")
+    return resolved
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The autocast dtype: bf16 (or fp16 where bf16 is missing) on GPU, fp32 on CPU."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in glibc's heap instead of returning it to the OS.
+
+    glibc serves each large activation tensor with a fresh mmap and unmaps it when
+    freed, so every batch pays page faults again; on this 2-core CPU that was ~15% of
+    ViT-B-32 encoding time. PyTorch's CPU tuning guide suggests jemalloc or tcmalloc for
+    the same reason; mallopt does it without a preload. Process-wide and idempotent;
+    a no-op where glibc is absent. Memory stays bounded by the largest batch.
+    """
+    global _allocator_tuned  # noqa: PLW0603
+    if _allocator_tuned:
+        return True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    _allocator_tuned = bool(
+        libc.mallopt(m_mmap_max, 0)
+        and libc.mallopt(m_trim_threshold, 1 << 30)
+        and libc.mallopt(m_top_pad, 64 << 20)
+    )
+    return _allocator_tuned
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision where asked for; a no-op in fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# Peak memory --------------------------------------------------------------------------
+# Of the measured work, not of the whole process: a Kedro run loads models and tables
+# before training starts.
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+class PeakMemory:
+    """CUDA max allocated on a GPU; on CPU the process's peak resident set size since
+    ``start()``. Linux resets that peak through ``/proc/self/clear_refs``; where it
+    cannot, the lifetime peak (``ru_maxrss``) is reported and ``since_start`` is False."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.since_start = False
+
+    def start(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.since_start = True
+            return self
+        try:
+            _CLEAR_REFS.write_text("5")  # 5 = reset the peak RSS ("hiwater") mark
+            self.since_start = True
+        except OSError:
+            self.since_start = False
+        return self
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.since_start:
+            for line in _STATUS.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    @property
+    def kind(self) -> str:
+        if self.device.type == "cuda":
+            return "cuda max allocated"
+        return "peak RSS during the run" if self.since_start else "process lifetime peak RSS"

@@ -1,0 +1,1 @@
+"""Methods on cached features (linear probe, text-initialised head, Tip-Adapter, ...)."""

@@ -1,1 +1,0 @@
-"""Linear probe on the cached image embeddings."""

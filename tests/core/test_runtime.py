@@ -1,0 +1,65 @@
+"""Device and precision choice, autocast, the CPU allocator, and peak memory that covers
+the measured work only, not what the process did before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clip_lora_pipeline.core.model_id import ModelError
+from clip_lora_pipeline.core.runtime import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    tune_cpu_allocator,
+)
+
+# In a fresh process: the test suite's own allocator state (earlier tests, tuned malloc)
+# would decide whether the arrays below reach the OS at all.
+SCRIPT = """
+import json, numpy as np, torch
+from clip_lora_pipeline.core.runtime import PeakMemory
+before = np.ones(400 * 2**20 // 8)  # 400 MB, touched, then freed (mmap'd: RSS drops)
+del before
+memory = PeakMemory(torch.device("cpu")).start()
+baseline = memory.peak_mb()
+during = np.ones(100 * 2**20 // 8)  # 100 MB while measuring
+print(json.dumps({"since_start": memory.since_start, "baseline": baseline,
+                  "peak": memory.peak_mb(), "kind": memory.kind}))
+"""
+
+
+def test_peak_memory_ignores_what_came_before_start():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                         check=True, timeout=120)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if not result["since_start"]:
+        pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
+    assert 90 < result["peak"] - result["baseline"] < 250, result
+    assert result["kind"] == "peak RSS during the run"
+
+
+def test_device_and_precision_on_cpu():
+    device = resolve_device("auto")
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") == torch.float32
+    assert resolve_precision(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ModelError, match="precision"):
+        resolve_precision(cpu, "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with autocast(cpu, torch.bfloat16):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_enabled("cpu")
+    with autocast(cpu, torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_allocator_tuning_is_idempotent():
+    assert tune_cpu_allocator() is tune_cpu_allocator()
