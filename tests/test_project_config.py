@@ -155,3 +155,17 @@ def test_a_feature_method_typo_fails_when_the_pipelines_are_built(monkeypatch, e
     monkeypatch.setattr(project_config, "parameters", lambda: params)
     with pytest.raises(ValueError, match=message):
         register_pipelines()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"runtime": {"precision": "fp8"}}, r"runtime\.precision must be one of"),
+    ({"runtime": {"batchsize": 64}}, r"runtime\.batchsize: unknown; runtime takes"),
+    ({"runtime": {"num_workers": -1}}, r"runtime\.num_workers must be 'auto' or an integer"),
+    ({"model": {"name": "ViT-B-16", "pretrained": "openai", "quickgelu": True}},
+     r"model parameters take"),
+])
+def test_runtime_and_model_typos_fail_when_the_pipelines_are_built(monkeypatch, change, message):
+    params = {**HEAD_PARAMS, **change}
+    monkeypatch.setattr(project_config, "parameters", lambda: params)
+    with pytest.raises(ValueError, match=message):
+        register_pipelines()

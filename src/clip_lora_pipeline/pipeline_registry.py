@@ -24,6 +24,7 @@ class _Project:
     """The configured datasets, prompt sets and methods, and the pipelines per cell."""
 
     def __init__(self, params):
+        project_config.check_run_settings(params)
         self.names = project_config.dataset_names(params)
         self.prompt_sets = {n: project_config.prompt_sets_for(params, n) for n in self.names}
         self.methods = project_config.adaptation_method_names(params)

@@ -93,6 +93,18 @@ def prompt_sets_for(params: dict[str, Any], dataset: str) -> list[str]:
     return kept
 
 
+def check_run_settings(params: dict[str, Any]) -> None:
+    """The model and runtime settings, built once here so that a typo fails before any
+    node runs, naming the key."""
+    from clip_lora_pipeline.core.model_id import ModelSpec
+    from clip_lora_pipeline.core.runtime import RuntimeSettings
+    from clip_lora_pipeline.core.settings import from_params
+
+    if "model" in params:
+        ModelSpec.from_params(params["model"])
+    from_params(RuntimeSettings, params.get("runtime"), "runtime")
+
+
 def feature_methods(params: dict[str, Any]):
     """The ``feature_methods`` entries, each with its settings built and checked."""
     from clip_lora_pipeline.core.methods.registry import feature_method_entries

@@ -24,6 +24,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.methods.base import linear_logits, zero_shot_head
 from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator
 
 
@@ -202,5 +203,5 @@ def classifier_logits(image_embeddings: np.ndarray, classifier: pd.DataFrame) ->
     """Zero-shot logits: logit scale x cosine of normalised image embeddings (rows) with
     a text classifier table (one normalised ``embedding`` per class in label order, and
     the model's ``logit_scale``)."""
-    scale = float(classifier["logit_scale"].iloc[0])
-    return scale * image_embeddings @ embeddings_matrix(classifier).T
+    head = zero_shot_head(embeddings_matrix(classifier), float(classifier["logit_scale"].iloc[0]))
+    return linear_logits(head, image_embeddings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import resource
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +14,35 @@ import torch
 from clip_lora_pipeline.core.model_id import ModelError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The ``runtime`` parameters, checked when the pipelines are built."""
+
+    device: str = "auto"  # auto, cpu, cuda, cuda:<n>
+    precision: str = "auto"
+    batch_size: int = 128  # images per encoding batch
+    num_workers: int | str = "auto"  # DataLoader workers decoding images
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"runtime.precision must be one of {list(PRECISIONS)}, got "
+                             f"{self.precision!r}.")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ModelError(f"runtime.device must be auto, cpu, cuda or cuda:<n>, got "
+                                 f"{self.device!r}.") from None
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+                or self.batch_size < 1:
+            raise ModelError(f"runtime.batch_size must be an integer >= 1, got "
+                             f"{self.batch_size!r}.")
+        if self.num_workers != "auto" and (isinstance(self.num_workers, bool) or not isinstance(
+                self.num_workers, int) or self.num_workers < 0):
+            raise ModelError(f"runtime.num_workers must be 'auto' or an integer >= 0, got "
+                             f"{self.num_workers!r}.")
 
 
 def resolve_device(device: str = "auto") -> torch.device:

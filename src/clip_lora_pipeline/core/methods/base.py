@@ -48,7 +48,7 @@ class FeatureSet:
         return len(self.text)
 
     def zero_shot_logits(self, x: np.ndarray) -> np.ndarray:
-        return self.logit_scale * x @ self.text.T
+        return linear_logits(zero_shot_head(self.text, self.logit_scale), x)
 
 
 @dataclass
@@ -109,8 +109,17 @@ class FeatureMethod(ABC):
 
 def linear_logits(arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The one linear-head format: ``weight`` (classes, dim) and ``bias`` (classes,), so
-    logits = x @ weight.T + bias. A zero-shot classifier is weight = scale x text."""
+    logits = x @ weight.T + bias: the zero-shot classifier, the linear probe, the
+    text-initialised head and CLAP all compute their logits here."""
     return x @ arrays["weight"].T + arrays["bias"]
+
+
+def zero_shot_head(text: np.ndarray, logit_scale: float) -> dict[str, np.ndarray]:
+    """The zero-shot classifier as a linear head: weight = logit_scale x the normalised
+    class text embeddings, bias 0."""
+    text = np.asarray(text, dtype=np.float32)
+    return {"weight": np.float32(logit_scale) * text,
+            "bias": np.zeros(len(text), dtype=np.float32)}
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
