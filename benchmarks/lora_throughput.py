@@ -34,50 +34,51 @@ WARMUP, STEPS = 2, 6
 REPEATS = 3
 
 
-def run_case(kind: str, batch: int, classes: int) -> dict:
+def _ours(loaded, names: list[str]):
+    """The project's path: the adapted model as training builds it (CLIP-LoRA's
+    defaults, FastDropout on CPU, the text head)."""
+    from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
+    from clip_lora_pipeline.core.adapted import AdaptedClip
+
+    adapted = AdaptedClip.from_settings(loaded, names, adaptation_settings("lora", {}), seed=0)
+    return adapted, lambda images: adapted(images)[0]
+
+
+def _fused(loaded, names: list[str]):
+    """peft on the fused modules: every nn.MultiheadAttention of both towers."""
     from peft import LoraConfig, get_peft_model
 
-    from clip_lora_pipeline.core.dropout import use_fast_dropout
-    from clip_lora_pipeline.core.lora import LoraSettings, peft_config
+    from clip_lora_pipeline.core.adapted import LOGIT_SCALE
+
+    config = LoraConfig(r=2, lora_alpha=1, lora_dropout=0.25, use_rslora=True,
+                        target_modules=r".*resblocks\.\d+\.attn")
+    clip = get_peft_model(loaded.model, config).base_model.model
+    tokens = loaded.tokenizer([f"a photo of a {name}." for name in names])
+
+    def logits_of(images):
+        image = F.normalize(clip.encode_image(images), dim=-1)
+        text = F.normalize(clip.encode_text(tokens), dim=-1)
+        return LOGIT_SCALE * image @ text.T
+    return clip, logits_of
+
+
+def run_case(kind: str, batch: int, classes: int) -> dict:
     from clip_lora_pipeline.core.model_id import ModelSpec
     from clip_lora_pipeline.core.models import load_model
     from clip_lora_pipeline.core.runtime import tune_cpu_allocator
     from clip_lora_pipeline.core.sources.classnames import load_class_names
-    from clip_lora_pipeline.core.train import LOGIT_SCALE, ClipClassifier
 
     tune_cpu_allocator()
     ours = kind == "ours"  # the baseline is open_clip's model as created
     loaded = load_model(ModelSpec("ViT-B-32"), unfused_attention=ours, pooled_token_only=ours)
     names = load_class_names("flowers102")[:classes]
-    tokens = loaded.tokenizer([f"a photo of a {name}." for name in names])
-    if kind == "ours":
-        peft_model = get_peft_model(loaded.model, peft_config(loaded.model, LoraSettings()))
-        clip = peft_model.base_model.model
-        use_fast_dropout(clip)  # as core.train.Trainer does on CPU
-        model = ClipClassifier(clip, tokens, "text")
-
-        def logits_of(images):
-            return model(images)[0]
-    else:
-        # peft on the fused modules: target every nn.MultiheadAttention of both towers.
-        config = LoraConfig(r=2, lora_alpha=1, lora_dropout=0.25, use_rslora=True,
-                            target_modules=r".*resblocks\.\d+\.attn")
-        peft_model = get_peft_model(loaded.model, config)
-        clip = peft_model.base_model.model
-
-        def logits_of(images):
-            image = F.normalize(clip.encode_image(images), dim=-1)
-            text = F.normalize(clip.encode_text(tokens), dim=-1)
-            return LOGIT_SCALE * image @ text.T
-
-    trainable = [p for n, p in clip.named_parameters() if "lora_" in n]
-    for name, param in clip.named_parameters():
-        param.requires_grad_("lora_" in name)
+    model, logits_of = (_ours if ours else _fused)(loaded, names)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # peft froze the rest
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, weight_decay=1e-2)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, 224, 224, generator=generator)
     labels = torch.randint(0, classes, (batch,), generator=generator)
-    clip.train()
+    model.train()
     for step in range(WARMUP + STEPS):
         if step == WARMUP:
             start = time.perf_counter()

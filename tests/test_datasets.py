@@ -103,3 +103,28 @@ def test_parquet_preview_of_vector_columns_is_json_for_kedro_viz(tmp_path):
     preview = dataset.preview()
     json.dumps(preview)  # kedro-viz fails on numpy arrays here
     assert preview["data"][0] == ["a.png", 3, "[0, 0.3333, 0.6667, 1, 1.333, …] (8)"]
+
+
+def test_safetensors_round_trip_and_interrupted_save_keeps_the_previous_file(
+    tmp_path, monkeypatch,
+):
+    import safetensors.torch
+    import torch
+
+    from clip_lora_pipeline.datasets import SafetensorsDataset
+
+    dataset = SafetensorsDataset(str(tmp_path / "adapter.safetensors"))
+    dataset.save({"tensors": {"w": torch.ones(2)}, "config": {"name": "lora"}})
+
+    def dies_halfway(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a header")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        dataset.save({"tensors": {"w": torch.zeros(2)}, "config": {}})
+    monkeypatch.undo()
+    stored = dataset.load()
+    assert stored["config"] == {"name": "lora"} and stored["tensors"]["w"].tolist() == [1.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]

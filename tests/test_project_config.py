@@ -142,29 +142,29 @@ def test_feature_methods_can_be_left_out(monkeypatch):
     assert not any("linear_probe" in n or "head" in n for n in names)
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"method": "text_init_head", "prompt_set": "fancy"},
-     r"feature_methods\.head\.prompt_set is 'fancy'.*\['simple', 'ensemble'\]"),
-    ({"method": "text_init_head", "strenght_steps": 3},
-     r"feature_methods\.head: text_init_head\.strenght_steps: unknown; text_init_head takes"),
-    ({"method": "tip_adaptor"}, r"feature_methods\.head: unknown feature method 'tip_adaptor'"),
-    ({"prompt_set": "simple"}, r"feature_methods\.head must map 'method'"),
-])
-def test_a_feature_method_typo_fails_when_the_pipelines_are_built(monkeypatch, entry, message):
-    params = {**HEAD_PARAMS, "feature_methods": {"head": entry}}
-    monkeypatch.setattr(project_config, "parameters", lambda: params)
-    with pytest.raises(ValueError, match=message):
-        register_pipelines()
+def _head(entry):
+    return {"feature_methods": {"head": entry}}
 
 
 @pytest.mark.parametrize(("change", "message"), [
+    (_head({"method": "text_init_head", "prompt_set": "fancy"}),
+     r"feature_methods\.head\.prompt_set is 'fancy'.*\['simple', 'ensemble'\]"),
+    (_head({"method": "text_init_head", "strenght_steps": 3}),
+     r"feature_methods\.head: text_init_head\.strenght_steps: unknown; text_init_head takes"),
+    (_head({"method": "tip_adaptor"}), r"feature_methods\.head: unknown feature method 'tip_adaptor'"),
+    (_head({"prompt_set": "simple"}), r"feature_methods\.head must map 'method'"),
+    ({"adaptation_methods": {"lora": {"method": "lora", "lora": {"rank": 4}}}},
+     r"adaptation_methods\.lora\.lora\.rank"),
+    ({"adaptation_methods": {"lora": {"method": "lora", "lr": "fast"}}},
+     r"adaptation_methods\.lora\.lr"),
+    ({"adaptation_methods": {"lora": {"method": "lroa"}}}, r"adaptation_methods\.lora\.method"),
     ({"runtime": {"precision": "fp8"}}, r"runtime\.precision must be one of"),
     ({"runtime": {"batchsize": 64}}, r"runtime\.batchsize: unknown; runtime takes"),
     ({"runtime": {"num_workers": -1}}, r"runtime\.num_workers must be 'auto' or an integer"),
     ({"model": {"name": "ViT-B-16", "pretrained": "openai", "quickgelu": True}},
      r"model parameters take"),
 ])
-def test_runtime_and_model_typos_fail_when_the_pipelines_are_built(monkeypatch, change, message):
+def test_a_typo_anywhere_fails_when_the_pipelines_are_built(monkeypatch, change, message):
     params = {**HEAD_PARAMS, **change}
     monkeypatch.setattr(project_config, "parameters", lambda: params)
     with pytest.raises(ValueError, match=message):

@@ -2,13 +2,13 @@
 
 kedro-datasets writes straight to the final path, so a run killed mid-write leaves a
 file that exists but is cut short, and ``--only-missing-outputs`` would then skip it.
-These types write to a hidden sibling and rename it into place when it is complete.
+These types write to a hidden sibling and rename it into place when it is complete
+(``core.atomic.atomic_path``, which the training checkpoints share).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,9 +21,11 @@ from kedro_datasets.pandas import CSVDataset as _CSVDataset
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 from kedro_datasets.text import TextDataset as _TextDataset
 
+from clip_lora_pipeline.core.atomic import atomic_path
+
 
 class AtomicSaveMixin:
-    """Stage a local save under a temporary name, then ``os.replace`` it.
+    """Stage a local save under a hidden temporary name, then rename it into place.
 
     ``remake: true`` (for cheap summaries: reports, comparison tables, sweep aggregates)
     makes the dataset count as missing, so ``--only-missing-outputs`` remakes it from
@@ -51,15 +53,13 @@ class AtomicSaveMixin:
             super().save(data)
             return
         final = Path(get_filepath_str(super()._get_save_path(), self._protocol))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
-        self._staging = PurePosixPath(staging.as_posix())
-        try:
-            super().save(data)
-            os.replace(staging, final)
-        finally:
-            self._staging = None
-            staging.unlink(missing_ok=True)
+        with atomic_path(final) as staging:
+            # kedro-datasets writes wherever _get_save_path points, for this save only
+            self._staging = PurePosixPath(staging.as_posix())
+            try:
+                super().save(data)
+            finally:
+                self._staging = None
 
 
 class ParquetDataset(AtomicSaveMixin, _ParquetDataset):
@@ -133,14 +133,9 @@ class SafetensorsDataset(AbstractDataset):
     def save(self, data: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        staging = self._filepath.with_name(f".{self._filepath.name}.partial-{os.getpid()}")
-        try:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in data["tensors"].items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in data["tensors"].items()}
+        with atomic_path(self._filepath) as staging:
             save_file(tensors, str(staging), metadata={"config": json.dumps(data.get("config", {}))})
-            os.replace(staging, self._filepath)
-        finally:
-            staging.unlink(missing_ok=True)
 
     def _exists(self) -> bool:
         return self._filepath.exists()

@@ -121,4 +121,8 @@ def adaptation_method_names(params: dict[str, Any]) -> list[str]:
         raise ValueError(f"adaptation_methods {taken}: feature_methods {features} and names "
                          "starting with 'zero_shot' are the reports' names for other methods; "
                          "rename them.")
+    from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
+
+    for name in names:  # a typo anywhere in an entry fails here, named
+        adaptation_settings(name, params["adaptation_methods"][name] or {})
     return names

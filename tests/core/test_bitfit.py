@@ -3,6 +3,9 @@ freeze_all_but leaves exactly those trainable."""
 
 from __future__ import annotations
 
+import pytest
+
+from clip_lora_pipeline.core.backbone import SettingError
 from clip_lora_pipeline.core.bitfit import (
     BitFitSettings,
     bitfit_parameters,
@@ -23,3 +26,10 @@ def test_bitfit_selects_biases_and_optionally_layernorm():
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert sorted(trainable) == sorted(names)
     assert count == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_bitfit_settings_name_the_wrong_key():
+    with pytest.raises(SettingError, match=r"^encoders must be one of \('vision', 'text', 'both'\)"):
+        BitFitSettings(encoders="image")
+    with pytest.raises(SettingError, match="^layernorm must be true or false"):
+        BitFitSettings(layernorm="yes")

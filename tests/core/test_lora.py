@@ -9,9 +9,9 @@ from peft import get_peft_model
 from torch import nn
 
 from clip_lora_pipeline.core.attention import unfuse_attention
+from clip_lora_pipeline.core.backbone import SettingError
 from clip_lora_pipeline.core.lora import (
     LoraSettings,
-    LoraSettingsError,
     peft_config,
     target_module_names,
 )
@@ -29,11 +29,13 @@ def test_targets_follow_encoders_blocks_and_matrices():
         model, LoraSettings(encoders="text", blocks=(1, 2), matrices=("o", "mlp")))
     assert text_only == ["transformer.resblocks.1.attn.out_proj",
                          "transformer.resblocks.1.mlp.c_fc", "transformer.resblocks.1.mlp.c_proj"]
-    with pytest.raises(LoraSettingsError, match="outside"):
+    with pytest.raises(ValueError, match=r"lora\.blocks \[0, 5\] is outside"):
         target_module_names(model, LoraSettings(blocks=(0, 5)))
-    with pytest.raises(LoraSettingsError, match="matrices"):
-        LoraSettings.from_params({"matrices": ["q", "z"]})
-    with pytest.raises(LoraSettingsError, match="unfuse_attention"):
+    with pytest.raises(SettingError, match="^matrices must be"):
+        LoraSettings(matrices=("q", "z"))
+    with pytest.raises(SettingError, match="^blocks must be"):
+        LoraSettings(blocks=(2, 1))
+    with pytest.raises(ValueError, match="unfuse_attention"):
         target_module_names(fresh_tiny()[0], LoraSettings())
 
 

@@ -1,7 +1,7 @@
-"""The trainer on generated shapes with the tiny random model: it learns (for several
-seeds), batches like CLIP-LoRA (shuffled epochs, partial last batch), keeps the last or
-the best validated state, resumes to the same result after an interruption, checkpoints
-only what trains, and its merged export equals the adapted model.
+"""The training loop on generated shapes with the tiny random model: it learns (for
+several seeds), batches like CLIP-LoRA (shuffled epochs, partial last batch), keeps the
+last or the best validated state, resumes to the same result after an interruption,
+checkpoints only what trains, and its merged export equals the adapted model.
 
 The tiny model has random weights, so CLIP-LoRA's defaults (r=2, alpha=1, lr 2e-4, 500
 steps per shot) would barely move it in a test's budget; these tests use r=4, alpha=8,
@@ -15,20 +15,19 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from clip_lora_pipeline.core import train as train_module
-from clip_lora_pipeline.core.adapters import build_trainer
+from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
+from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
-from clip_lora_pipeline.core.lora import LoraSettings
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
-from clip_lora_pipeline.core.train import Trainer, TrainingError, TrainSettings
+from clip_lora_pipeline.core.train import TrainingError, TrainingLoop
 from tests.core.tiny import assert_close
 
-CPU = torch.device("cpu")
-FAST_LORA = LoraSettings(r=4, alpha=8, dropout=0.1)
+FAST_LORA = {"r": 4, "alpha": 8, "dropout": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +45,22 @@ def shapes(tmp_path_factory):
     }
 
 
-def _trainer(shapes, seed=1, method="lora", head="text", lora=FAST_LORA, **overrides):
-    torch.manual_seed(seed)
+def _adapted(shapes, seed=1, method="lora", lora=FAST_LORA, dtype=torch.float32,
+             **overrides) -> AdaptedClip:
     loaded = load_model(ModelSpec(TINY_MODEL))
-    values = {"lr": 5e-3, "max_steps": 80, "batch_size": 16, "eval_every": 20,
-              "checkpoint_every": 20, "crop_scale": (0.5, 1.0), **overrides}
-    settings = TrainSettings(method=method, head=head, seed=seed, **values)
-    trainer = Trainer(loaded.model, loaded.tokenizer, shapes["names"], settings, CPU,
-                      torch.float32, lora=lora, image_size=32)
-    return trainer, loaded
+    entry = {"method": method, "lr": 5e-3, "max_steps": 80, "batch_size": 16,
+             "eval_every": 20, "checkpoint_every": 20, "crop_scale": [0.5, 1.0], **overrides}
+    if method == "lora":
+        entry["lora"] = lora
+    return AdaptedClip.from_settings(loaded, shapes["names"], adaptation_settings("test", entry),
+                                     seed, dtype)
 
 
-def _fit(trainer, loaded, shapes, **kwargs):
+def _fit(adapted, shapes, **kwargs):
     paths, labels = shapes["train"]
     val_paths, val_labels = shapes["val"]
-    return trainer.fit(paths, labels, val_paths, val_labels, loaded.preprocess,
-                       trainer.settings.max_steps, **kwargs)
-
+    return TrainingLoop(adapted).fit(paths, labels, val_paths, val_labels, adapted.preprocess,
+                                     adapted.settings.train.max_steps, **kwargs)
 
 
 @contextlib.contextmanager
@@ -98,143 +96,128 @@ def _interrupted_at(step: int):
         train_module._load_images = real
 
 
-def _val_accuracy(trainer, loaded, shapes) -> float:
+def _val_accuracy(adapted, shapes) -> float:
     paths, labels = shapes["val"]
-    return float((trainer.predict(paths, loaded.preprocess).argmax(1) == labels).mean())
+    return float((adapted.predict(paths, adapted.preprocess).argmax(1) == labels).mean())
+
+
+def _assert_same_state(actual: AdaptedClip, expected: AdaptedClip) -> None:
+    expected_state = expected.state()
+    assert set(actual.state()) == set(expected_state)
+    for name, value in actual.state().items():
+        torch.testing.assert_close(value, expected_state[name])
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_lora_learns_for_every_seed(shapes, seed):
-    trainer, loaded = _trainer(shapes, seed=seed)
-    untrained = _val_accuracy(trainer, loaded, shapes)
-    result = _fit(trainer, loaded, shapes)
+    adapted = _adapted(shapes, seed=seed)
+    untrained = _val_accuracy(adapted, shapes)
+    result = _fit(adapted, shapes)
     loss = result.history["loss"].to_numpy()
     assert loss[-10:].mean() < 0.5 * loss[:10].mean()
     assert result.best_val_accuracy >= untrained + 0.3
     # the last state is kept (select: last), and it was validated at the final step
     assert (result.selected, result.selected_step) == ("last", 80)
-    assert _val_accuracy(trainer, loaded, shapes) == pytest.approx(
+    assert _val_accuracy(adapted, shapes) == pytest.approx(
         result.history["val_accuracy"].iloc[-1])
-    assert result.trainable_parameters == sum(p.numel() for p in trainer.params.values())
+    assert result.trainable_parameters == sum(t.numel() for t in adapted.state().values())
     assert result.peak_memory_mb > 0 and result.wall_seconds > 0
 
 
-def test_bitfit_and_linear_head_train_through_the_same_trainer(shapes):
-    bitfit, loaded = _trainer(shapes, method="bitfit")
-    assert all(name.endswith(".bias") for name in bitfit.params)
-    history = _fit(bitfit, loaded, shapes).history
+def test_bitfit_and_linear_head_train_through_the_same_loop(shapes):
+    bitfit = _adapted(shapes, method="bitfit")
+    assert all(name.endswith(".bias") for name in bitfit.state())
+    history = _fit(bitfit, shapes).history
     assert history["loss"][-10:].mean() < history["loss"][:10].mean()
 
-    linear, loaded = _trainer(shapes, head="linear", text_alignment_weight=0.3)
-    assert {"linear.weight", "linear.bias"} <= set(linear.params)
-    result = _fit(linear, loaded, shapes)
+    linear = _adapted(shapes, head="linear", text_alignment_weight=0.3)
+    assert {"linear.weight", "linear.bias"} <= set(linear.state())
+    result = _fit(linear, shapes)
     assert result.history["loss"][-10:].mean() < result.history["loss"][:10].mean()
 
 
 def test_interrupted_run_resumes_to_the_same_result(shapes, tmp_path):
-    straight, loaded = _trainer(shapes)
-    expected = _fit(straight, loaded, shapes, checkpoint_dir=tmp_path / "a")
+    straight = _adapted(shapes)
+    expected = _fit(straight, shapes, checkpoint_dir=tmp_path / "a")
 
-    first, loaded = _trainer(shapes)
+    first = _adapted(shapes)
     with pytest.raises(KeyboardInterrupt), _interrupted_at(53):
-        _fit(first, loaded, shapes, checkpoint_dir=tmp_path / "b")
+        _fit(first, shapes, checkpoint_dir=tmp_path / "b")
     assert (tmp_path / "b" / "last").exists()
-    # A new process would start from scratch: a fresh model and trainer.
-    second, loaded = _trainer(shapes)
-    resumed = _fit(second, loaded, shapes, checkpoint_dir=tmp_path / "b")
+    # A new process would start from scratch: a fresh model and loop.
+    second = _adapted(shapes)
+    resumed = _fit(second, shapes, checkpoint_dir=tmp_path / "b")
     assert resumed.steps_done == 80
     np.testing.assert_allclose(resumed.history["loss"], expected.history["loss"], rtol=1e-5)
     assert resumed.best_val_accuracy == expected.best_val_accuracy
-    for name, value in straight.adapter_state().items():
-        torch.testing.assert_close(second.adapter_state()[name], value)
+    _assert_same_state(second, straight)
 
 
 def test_checkpoint_left_only_under_its_old_name_is_used(shapes, tmp_path):
-    trainer, loaded = _trainer(shapes, max_steps=20)
-    done = _fit(trainer, loaded, shapes, checkpoint_dir=tmp_path)
+    adapted = _adapted(shapes, max_steps=20)
+    done = _fit(adapted, shapes, checkpoint_dir=tmp_path)
     (tmp_path / "last").rename(tmp_path / "last.old")
-    again, loaded = _trainer(shapes, max_steps=20)
-    resumed = _fit(again, loaded, shapes, checkpoint_dir=tmp_path)
+    again = _adapted(shapes, max_steps=20)
+    resumed = _fit(again, shapes, checkpoint_dir=tmp_path)
     np.testing.assert_array_equal(resumed.history["loss"], done.history["loss"])
-    for name, value in trainer.adapter_state().items():
-        torch.testing.assert_close(again.adapter_state()[name], value)
+    _assert_same_state(again, adapted)
 
 
 def test_checkpoint_holds_only_trainable_parameters(shapes, tmp_path):
-    trainer, loaded = _trainer(shapes, max_steps=None, iterations_per_shot=1)
+    adapted = _adapted(shapes, max_steps=None, iterations_per_shot=1)
     paths, labels = shapes["train"]
-    trainer.fit(paths, labels, *shapes["val"], loaded.preprocess, 20,
-                checkpoint_dir=tmp_path)
+    loop = TrainingLoop(adapted)
+    loop.fit(paths, labels, *shapes["val"], adapted.preprocess, 20, checkpoint_dir=tmp_path)
     saved = load_file(str(tmp_path / "last" / "trainable.safetensors"))
-    assert set(saved) == set(trainer.params)
+    assert set(saved) == set(adapted.state())
     assert all("lora_" in name for name in saved)
     size = sum(t.numel() for t in saved.values())
-    assert size == trainer.trainable_count < 0.01 * sum(
-        p.numel() for p in trainer.model.parameters())
+    assert size == loop.trainable_count < 0.01 * sum(p.numel() for p in adapted.parameters())
     assert not list(tmp_path.glob(".last-*"))  # no staging folder left behind
 
 
 def test_changed_settings_refuse_to_resume(shapes, tmp_path):
-    trainer, loaded = _trainer(shapes)
+    adapted = _adapted(shapes)
     with pytest.raises(KeyboardInterrupt), _interrupted_at(25):
-        _fit(trainer, loaded, shapes, checkpoint_dir=tmp_path)
-    other, loaded = _trainer(shapes, weight_decay=0.0)
+        _fit(adapted, shapes, checkpoint_dir=tmp_path)
+    other = _adapted(shapes, weight_decay=0.0)
     with pytest.raises(TrainingError, match="other training settings"):
-        _fit(other, loaded, shapes, checkpoint_dir=tmp_path)
+        _fit(other, shapes, checkpoint_dir=tmp_path)
+
+
+def test_checkpoint_of_other_tensors_names_the_fix(shapes, tmp_path):
+    # e.g. one written before the adapter state took peft's names
+    adapted = _adapted(shapes, max_steps=20)
+    _fit(adapted, shapes, checkpoint_dir=tmp_path)
+    trainable = tmp_path / "last" / "trainable.safetensors"
+    save_file({f"clip.{n}": t for n, t in load_file(str(trainable)).items()}, str(trainable))
+    with pytest.raises(TrainingError, match=r"not this model's trainable ones.*delete it"):
+        _fit(_adapted(shapes, max_steps=20), shapes, checkpoint_dir=tmp_path)
 
 
 def test_merged_export_equals_adapted_model(shapes):
-    trainer, loaded = _trainer(shapes, max_steps=20)
-    _fit(trainer, loaded, shapes)
+    adapted = _adapted(shapes, max_steps=20)
+    _fit(adapted, shapes)
     images = torch.randn(3, 3, 32, 32)
-    trainer.model.eval()
+    assert not adapted.training  # the loop leaves the model in eval mode
     with torch.no_grad():
-        adapted = trainer.model.clip.encode_image(images)
-        merged = trainer.merged_clip().eval()
+        merged = adapted.merged().eval()
         assert not any("lora" in n for n, _ in merged.named_parameters())
-        torch.testing.assert_close(merged.encode_image(images), adapted, atol=1e-5, rtol=1e-5)
-        tokens = loaded.tokenizer(["a photo of a red circle."])
-        torch.testing.assert_close(merged.encode_text(tokens),
-                                   trainer.model.clip.encode_text(tokens), atol=1e-5, rtol=1e-5)
-
-
-def test_settings_are_validated():
-    with pytest.raises(TrainingError, match="unknown"):
-        TrainSettings.from_params({"learning_rate": 1.0})
-    with pytest.raises(TrainingError, match="method"):
-        TrainSettings.from_params({"method": "adapter"})
-    assert TrainSettings().total_steps(16) == 8000
-    assert (TrainSettings().select, TrainSettings().seed) == ("last", None)
-    with pytest.raises(TrainingError, match="select"):
-        TrainSettings.from_params({"select": "best"})
-    with pytest.raises(TrainingError, match="patience needs select: best_val"):
-        TrainSettings.from_params({"patience": 3})
-    with pytest.raises(TrainingError, match="needs eval_every"):
-        TrainSettings.from_params({"select": "best_val", "eval_every": None})
-
-
-def test_predict_builds_no_autograd_graph_and_matches_batches(shapes):
-    trainer, loaded = _trainer(shapes)
-    grad_modes = []
-    hook = trainer.model.clip.visual.register_forward_hook(
-        lambda *_: grad_modes.append(torch.is_grad_enabled()))
-    paths, _ = shapes["val"]
-    whole = trainer.predict(paths, loaded.preprocess, batch_size=64)
-    hook.remove()
-    assert grad_modes and not any(grad_modes)  # memory of one batch, not of the test set
-    assert torch.is_grad_enabled() and trainer.model.training
-    in_small_batches = trainer.predict(paths, loaded.preprocess, batch_size=5)
-    assert_close(in_small_batches, whole)
+        torch.testing.assert_close(merged.encode_image(images), adapted.clip.encode_image(images),
+                                   atol=1e-5, rtol=1e-5)
+        tokens = load_model(ModelSpec(TINY_MODEL)).tokenizer(["a photo of a red circle."])
+        torch.testing.assert_close(merged.encode_text(tokens), adapted.clip.encode_text(tokens),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_vision_only_lora_trains_after_an_evaluation_of_the_untrained_model(shapes):
     # The frozen text tower's class embeddings are cached by the first call, here
     # predict(); training must still be able to backpropagate through them.
-    vision_only = LoraSettings(r=4, alpha=8, dropout=0.1, encoders="vision")
-    trainer, loaded = _trainer(shapes, lora=vision_only, max_steps=4, eval_every=2)
-    assert not trainer.model.text_trains
-    _val_accuracy(trainer, loaded, shapes)
-    result = _fit(trainer, loaded, shapes)
+    vision_only = {**FAST_LORA, "encoders": "vision"}
+    adapted = _adapted(shapes, lora=vision_only, max_steps=4, eval_every=2)
+    assert not adapted.text_trains
+    _val_accuracy(adapted, shapes)
+    result = _fit(adapted, shapes)
     assert result.steps_done == 4
 
 
@@ -252,29 +235,30 @@ def test_batches_are_shuffled_epochs_with_a_partial_last_batch(n, expected):
     np.testing.assert_array_equal(EpochBatches(n, 32, seed=1).indices(3), steps[3])
 
 
-def test_trainer_steps_on_partial_batches(shapes):
-    trainer, loaded = _trainer(shapes, max_steps=4, batch_size=32, eval_every=None)
+def test_loop_steps_on_partial_batches(shapes):
+    adapted = _adapted(shapes, max_steps=4, batch_size=32, eval_every=None)
     paths, labels = shapes["train"]
     with _batch_sizes() as sizes:
-        result = trainer.fit(paths[:47], labels[:47], *shapes["val"], loaded.preprocess, 4)
+        result = TrainingLoop(adapted).fit(paths[:47], labels[:47], *shapes["val"],
+                                           adapted.preprocess, 4)
     assert sizes == [32, 15, 32, 15] and result.steps_done == 4
     assert result.history["val_accuracy"].isna().all()  # eval_every: None never validates
-    trainer, loaded = _trainer(shapes, max_steps=2, batch_size=32, eval_every=None)
+    adapted = _adapted(shapes, max_steps=2, batch_size=32, eval_every=None)
     with _batch_sizes() as sizes:
-        trainer.fit(paths[:10], labels[:10], *shapes["val"], loaded.preprocess, 2)
+        TrainingLoop(adapted).fit(paths[:10], labels[:10], *shapes["val"], adapted.preprocess, 2)
     assert sizes == [10, 10]
 
 
 def test_micro_batches_of_a_partial_batch_give_the_full_batch_gradient(shapes):
     assert micro_batches(10, 4) == [(slice(0, 4), 0.4), (slice(4, 8), 0.4), (slice(8, 10), 0.2)]
-    no_dropout = LoraSettings(r=4, alpha=8, dropout=0.0)
+    no_dropout = {**FAST_LORA, "dropout": 0.0}
     grads = []
     for accumulation in (1, 4):  # micro-batches of 4: 4 + 4 + 2 of the 10 images
-        trainer, loaded = _trainer(shapes, lora=no_dropout, max_steps=1, batch_size=16,
-                                   grad_accumulation=accumulation, eval_every=None)
+        adapted = _adapted(shapes, lora=no_dropout, max_steps=1, batch_size=16,
+                           grad_accumulation=accumulation, eval_every=None)
         paths, labels = shapes["train"]
-        trainer.fit(paths[:10], labels[:10], *shapes["val"], loaded.preprocess, 1)
-        grads.append({n: p.grad.clone() for n, p in trainer.params.items()})
+        TrainingLoop(adapted).fit(paths[:10], labels[:10], *shapes["val"], adapted.preprocess, 1)
+        grads.append({n: p.grad.clone() for n, p in adapted.named_parameters() if p.requires_grad})
     assert any(g.abs().max() > 0 for g in grads[0].values())
     for name, grad in grads[0].items():
         assert_close(grads[1][name], grad, rtol=1e-4)
@@ -282,43 +266,38 @@ def test_micro_batches_of_a_partial_batch_give_the_full_batch_gradient(shapes):
 
 @pytest.mark.parametrize(("select", "saved"), [("last", "trainable"), ("best_val", "best")])
 def test_select_keeps_the_last_or_the_best_validated_state(shapes, tmp_path, select, saved):
-    trainer, loaded = _trainer(shapes, max_steps=20, eval_every=5, select=select)
-    result = _fit(trainer, loaded, shapes, checkpoint_dir=tmp_path)
+    adapted = _adapted(shapes, max_steps=20, eval_every=5, select=select)
+    result = _fit(adapted, shapes, checkpoint_dir=tmp_path)
     kept = load_file(str(tmp_path / "last" / f"{saved}.safetensors"))
-    for name, value in trainer.adapter_state().items():
+    for name, value in adapted.state().items():
         torch.testing.assert_close(value, kept[name], rtol=0, atol=0)
     assert result.selected == select
     if select == "best_val":
         assert result.selected_step == result.best_step
-        assert _val_accuracy(trainer, loaded, shapes) == pytest.approx(result.best_val_accuracy)
+        assert _val_accuracy(adapted, shapes) == pytest.approx(result.best_val_accuracy)
     else:
         assert result.selected_step == result.steps_done == 20
 
 
 def test_seed_none_takes_the_few_shot_seed_and_an_explicit_seed_wins(shapes):
-    runtime = {"device": "cpu", "precision": "fp32"}
-    method = {"method": "lora", "lora": {"r": 4}}
-    trainer, _ = build_trainer({"name": TINY_MODEL}, runtime, shapes["names"], method, seed=7)
-    assert trainer.settings.seed == 7
-    again, _ = build_trainer({"name": TINY_MODEL}, runtime, shapes["names"], method, seed=7)
-    for name, value in trainer.adapter_state().items():  # LoRA's initialisation follows it
-        torch.testing.assert_close(again.adapter_state()[name], value, rtol=0, atol=0)
-    explicit, _ = build_trainer({"name": TINY_MODEL}, runtime, shapes["names"],
-                                {**method, "seed": 3}, seed=7)
-    assert explicit.settings.seed == 3
-    loaded = load_model(ModelSpec(TINY_MODEL))
-    with pytest.raises(TrainingError, match="pass that seed to build_trainer"):
-        Trainer(loaded.model, loaded.tokenizer, shapes["names"], TrainSettings(), CPU,
-                torch.float32)
+    def lora_a(adapted):  # LoRA's initialisation (B starts at zero)
+        return torch.cat([t.flatten() for n, t in adapted.state().items() if "lora_A" in n])
+
+    first, again = _adapted(shapes, seed=7), _adapted(shapes, seed=7)
+    assert first.settings.train.seed == 7
+    torch.testing.assert_close(lora_a(again), lora_a(first), rtol=0, atol=0)
+    assert not torch.equal(lora_a(_adapted(shapes, seed=8)), lora_a(first))
+    explicit = AdaptedClip.from_settings(load_model(ModelSpec(TINY_MODEL)), shapes["names"],
+                                         adaptation_settings("test", {"seed": 3}), seed=7)
+    assert explicit.settings.train.seed == 3
 
 
 @pytest.mark.parametrize(("dtype", "scaled"), [(torch.float16, True), (torch.bfloat16, False)])
 def test_half_precisions_train_and_only_fp16_scales_the_loss(shapes, dtype, scaled):
     # CLIP-LoRA trains under fp16 autocast with a GradScaler; bf16 has fp32's range.
-    loaded = load_model(ModelSpec(TINY_MODEL))
-    settings = TrainSettings(lr=5e-3, max_steps=2, batch_size=8, eval_every=None, seed=1)
-    trainer = Trainer(loaded.model, loaded.tokenizer, shapes["names"], settings, CPU, dtype,
-                      lora=FAST_LORA, image_size=32)
-    assert trainer.scaler.is_enabled() == scaled
-    result = _fit(trainer, loaded, shapes)
+    adapted = _adapted(shapes, dtype=dtype, max_steps=2, batch_size=8, eval_every=None)
+    loop = TrainingLoop(adapted)
+    assert loop.scaler.is_enabled() == scaled
+    paths, labels = shapes["train"]
+    result = loop.fit(paths, labels, *shapes["val"], adapted.preprocess, 2)
     assert result.steps_done == 2 and np.isfinite(result.history["loss"]).all()

@@ -1,13 +1,16 @@
 """BitFit: train only the biases (optionally LayerNorm weights too) of the chosen
-encoders; ``freeze_all_but`` leaves exactly the chosen parameters trainable (LoRA's too)."""
+encoders; ``BitFit`` is the backbone method (``core.backbone``), stored under the
+open_clip model's own parameter names and exported as the model itself."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from clip_lora_pipeline.core.backbone import BackboneMethod, SettingError, check_names
 from clip_lora_pipeline.core.lora import ENCODERS
 
 
@@ -18,11 +21,15 @@ class BitFitSettings:
     encoders: str = "both"
     layernorm: bool = False
 
+    def __post_init__(self) -> None:
+        if self.encoders not in ENCODERS:
+            raise SettingError(f"encoders must be one of {ENCODERS}; got {self.encoders!r}.")
+        if not isinstance(self.layernorm, bool):
+            raise SettingError(f"layernorm must be true or false; got {self.layernorm!r}.")
+
 
 def bitfit_parameters(model: nn.Module, settings: BitFitSettings) -> list[str]:
     """Names of the parameters BitFit trains; everything else is frozen by the caller."""
-    if settings.encoders not in ENCODERS:
-        raise ValueError(f"bitfit.encoders must be one of {ENCODERS}.")
     prefixes = {"vision": ("visual.",), "text": ("transformer.", "ln_final.", "token_embedding.")}
     towers = ["vision", "text"] if settings.encoders == "both" else [settings.encoders]
     allowed = tuple(p for t in towers for p in prefixes[t])
@@ -48,3 +55,25 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[str]) -> int:
         param.requires_grad_(name in keep)
         count += param.numel() if name in keep else 0
     return count
+
+
+class BitFit(BackboneMethod):
+    """Biases (and LayerNorm weights) of the model itself: nothing is added, so the
+    trained model is its own merged export."""
+
+    name = "bitfit"
+    Settings = BitFitSettings
+
+    def attach(self, clip: nn.Module, settings: BitFitSettings) -> nn.Module:
+        freeze_all_but(clip, bitfit_parameters(clip, settings))
+        return clip
+
+    def state(self, attached: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in attached.named_parameters() if p.requires_grad}
+
+    def load_state(self, attached: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+        params = self.state(attached)
+        check_names(params, tensors)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[name])

@@ -1,20 +1,20 @@
-"""A training run's checkpoint: the trainable tensors only, the best validated ones, the
-optimizer, scheduler, scaler and RNG state, and where the run stands; written atomically
-(a staging folder renamed into place), so an interrupted write never looks complete."""
+"""A training run's checkpoint store: the trainable tensors only (``AdaptedClip.state``),
+the best validated ones, the optimizer, scheduler, scaler and RNG state, where the run
+stands, and the settings it was made with; written atomically (``core.atomic``), so an
+interrupted write never looks complete."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+
+from clip_lora_pipeline.core.atomic import atomic_dir, settled_dir
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -22,10 +22,6 @@ def rng_state() -> dict[str, torch.Tensor]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
-
-
-def snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in params.items()}
 
 
 @dataclass
@@ -44,55 +40,45 @@ class Progress:
     def state(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k != "best"}
 
-    def observe(self, accuracy: float, params: dict[str, nn.Parameter],
+    def observe(self, accuracy: float, snapshot: Callable[[], dict[str, torch.Tensor]],
                 patience: int | None) -> None:
-        """Record a validation accuracy of the current state."""
+        """Record a validation accuracy of the current state; ``snapshot`` copies it,
+        called only when it is the best so far."""
         if accuracy > self.best_acc:
             self.best_acc, self.best_step, self.bad_evals = accuracy, self.step, 0
-            self.best = snapshot(params)
+            self.best = snapshot()
         else:
             self.bad_evals += 1
         self.stopped_early = patience is not None and self.bad_evals >= patience
 
 
-def save(folder: Path, params: dict[str, nn.Parameter], best: dict[str, torch.Tensor],
-         state: dict[str, Any], settings: dict[str, Any]) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        save_file({n: p.detach().cpu().contiguous() for n, p in params.items()},
-                  str(staging / "trainable.safetensors"))
-        save_file(best, str(staging / "best.safetensors"))
-        torch.save(state, staging / "state.pt")
-        (staging / "settings.json").write_text(json.dumps(settings, indent=1))
-        previous = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            os.replace(folder, previous)
-        os.replace(staging, folder)
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+@dataclass
+class Checkpoint:
+    trainable: dict[str, torch.Tensor]
+    best: dict[str, torch.Tensor]
+    state: dict[str, Any]  # optimizer, scheduler, scaler, rng, and Progress.state()
 
 
-def exists(folder: Path) -> bool:
-    """Whether ``folder`` holds a checkpoint. A kill between the two renames of ``save``
-    leaves only the previous one, under its old name: it is put back."""
-    previous = folder.with_name(folder.name + ".old")
-    if not folder.exists() and previous.exists():
-        os.replace(previous, folder)
-    return folder.exists()
+class CheckpointStore:
+    """The last checkpoint of one run, in ``folder``."""
 
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
 
-def saved_settings(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "settings.json").read_text())
+    def exists(self) -> bool:
+        return settled_dir(self.folder)
 
+    def settings(self) -> dict[str, Any]:
+        return json.loads((self.folder / "settings.json").read_text())
 
-def load(folder: Path, params: dict[str, nn.Parameter]
-         ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Copy the saved trainable tensors into ``params``; returns the state and best."""
-    trainable = load_file(str(folder / "trainable.safetensors"))
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(trainable[name])
-    best = load_file(str(folder / "best.safetensors"))
-    return torch.load(folder / "state.pt", weights_only=True), best
+    def save(self, checkpoint: Checkpoint, settings: dict[str, Any]) -> None:
+        with atomic_dir(self.folder) as staging:
+            save_file(checkpoint.trainable, str(staging / "trainable.safetensors"))
+            save_file(checkpoint.best, str(staging / "best.safetensors"))
+            torch.save(checkpoint.state, staging / "state.pt")
+            (staging / "settings.json").write_text(json.dumps(settings, indent=1))
+
+    def load(self) -> Checkpoint:
+        return Checkpoint(load_file(str(self.folder / "trainable.safetensors")),
+                          load_file(str(self.folder / "best.safetensors")),
+                          torch.load(self.folder / "state.pt", weights_only=True))

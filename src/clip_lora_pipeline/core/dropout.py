@@ -1,6 +1,6 @@
 """Dropout for LoRA on CPU: ``FastDropout`` draws its keep mask as 10-bit integers, and
 the dropouts of one input (peft's q, k and v) share one draw; ``use_fast_dropout``
-swaps it in for peft's ``lora_dropout`` modules (``core.train.Trainer`` does on CPU)."""
+swaps it in for peft's ``lora_dropout`` modules (``core.lora.Lora.attach`` does on CPU)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clip_lora_pipeline.core.adapters import restore_trainer
+from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.embed import (
     classifier_logits,
     embeddings_matrix,
@@ -201,13 +201,15 @@ def logits_from_adapter(
     images: pd.DataFrame, root: str | os.PathLike, adapter: dict[str, Any],
     model_params: dict[str, Any], runtime: dict[str, Any],
 ) -> tuple[np.ndarray, list[str]]:
-    """The trained model (LoRA, BitFit, ...) with its own head, as its evaluation runs it."""
+    """The trained model (LoRA, BitFit, ...) with its own head, as its evaluation runs it;
+    rebuilt for inference only (no optimiser)."""
     classes = list(adapter["config"]["classes"])
     if not len(images):
         return np.empty((0, len(classes)), dtype=np.float32), classes
-    trainer, loaded = restore_trainer(adapter, model_params, runtime)
+    adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
     paths = [str(Path(root) / p) for p in images["path"]]
-    return trainer.predict(paths, loaded.preprocess, batch_size=runtime.get("batch_size", 64)), classes
+    logits = adapted.predict(paths, adapted.preprocess, batch_size=runtime.get("batch_size", 64))
+    return logits, classes
 
 
 # The table -----------------------------------------------------------------------------

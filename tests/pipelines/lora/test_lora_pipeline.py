@@ -8,7 +8,7 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from clip_lora_pipeline.core.adapters import restore_trainer
+from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.cells import Cell
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset, SafetensorsDataset
@@ -72,6 +72,7 @@ def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
         assert len(history) == 20 and history["val_accuracy"].notna().sum() == 2
         adapter = catalog.load(f"{prefix}_adapter")
         assert adapter["config"]["method"]["method"] == method
+        assert adapter["config"]["name"] == method  # the entry's name, for its errors
         assert sum(t.numel() for t in adapter["tensors"].values()) == \
             summary["trainable_parameters"]
     lora_names = catalog.load(f"{OUT}.adapted_lora_adapter")["tensors"]
@@ -85,14 +86,13 @@ def test_merged_export_loads_into_plain_open_clip_and_matches(tmp_path, data):
     pipeline = for_cell("shapes", CELL, ["lora"])
     SequentialRunner().run(pipeline, catalog)
     adapter = catalog.load(f"{OUT}.adapted_lora_adapter")
-    trainer, loaded = restore_trainer(adapter, MODEL, RUNTIME)
+    adapted = AdaptedClip.from_artifact(adapter, MODEL, RUNTIME)
     plain = open_clip.create_model(TINY_MODEL, pretrained=str(tmp_path / "lora" / "merged.safetensors"))
     plain.eval()
-    trainer.model.eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(plain.encode_image(images),
-                                   trainer.model.clip.encode_image(images), atol=1e-5, rtol=1e-5)
+                                   adapted.clip.encode_image(images), atol=1e-5, rtol=1e-5)
 
 
 def test_evaluation_refuses_an_adapter_of_another_model(tmp_path, data):

@@ -69,7 +69,8 @@ def models(shapes, tmp_path_factory):
         features[kind] = (artifact, predictions)
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     adapter, _, summary = lora_nodes.train_adapter(
-        train, val, manifest, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints), seed=1)
+        train, val, manifest, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints), name="lora",
+        seed=1)
     _, _, lora_predictions = lora_nodes.evaluate_adapter(
         test, adapter, summary, dataset, MODEL, RUNTIME)
     return {
@@ -245,7 +246,7 @@ def test_no_readable_image_gives_an_empty_table_without_loading_a_model(
         raise AssertionError("a model was loaded for no image")
 
     monkeypatch.setattr(core_predict, "load_model", no_model)
-    monkeypatch.setattr(core_predict, "restore_trainer", no_model)
+    monkeypatch.setattr(core_predict.AdaptedClip, "from_artifact", no_model)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff")
     params = _params(tmp_path)
     images, rejected, _ = nodes.find_new_images(params)

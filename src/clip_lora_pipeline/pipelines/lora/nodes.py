@@ -1,4 +1,5 @@
-"""Thin wrappers over ``core.train``: train an adapter, evaluate it, export it merged."""
+"""Thin wrappers over ``core.adapted`` and ``core.train``: train an adapted model,
+evaluate it, export it merged."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 
 import pandas as pd
 
-from clip_lora_pipeline.core.adapters import build_trainer, restore_trainer
+from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
+from clip_lora_pipeline.core.adapted import AdaptedClip, load_clip
 from clip_lora_pipeline.core.attention import open_clip_state_dict
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import model_slug, uses_quick_gelu
+from clip_lora_pipeline.core.train import TrainingLoop
 
 logger = logging.getLogger(__name__)
 
@@ -26,42 +29,43 @@ def _paths(frame: pd.DataFrame, dataset: dict[str, Any]) -> list[str]:
 def train_adapter(
     train: pd.DataFrame, val: pd.DataFrame, manifest: pd.DataFrame, dataset: dict[str, Any],
     model_params: dict[str, Any], runtime: dict[str, Any], shots: int | None,
-    method: dict[str, Any], checkpoint_root: str, seed: int = 1,
+    method: dict[str, Any], checkpoint_root: str, name: str, seed: int,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Train; returns the adapter (trainable tensors + config), history and a summary.
-    ``seed``: the few-shot seed, which also drives training unless the method sets one.
+    """Train the entry ``adaptation_methods.<name>`` (``method``); returns the adapter
+    (trainable tensors + config), history and a summary. ``seed``: the few-shot seed,
+    which also drives training unless the entry sets one.
 
     Checkpoints go under ``checkpoint_root`` in a folder named by everything the result
     depends on, so an interrupted run resumes and a changed one starts afresh.
     """
-    classes = class_table(manifest)
-    trainer, loaded = build_trainer(model_params, runtime, classes, method, seed)
+    settings = adaptation_settings(name, method)
+    loaded, dtype = load_clip(model_params, runtime)
+    adapted = AdaptedClip.from_settings(loaded, class_table(manifest), settings, seed, dtype)
     identity = json.dumps({
         "model": model_slug(loaded.spec), "method": method, "root": dataset["root"],
         "train": sorted(train["path"]), "val": sorted(val["path"]), "seed": seed,
     }, sort_keys=True, default=str)
     folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
-    steps = trainer.settings.total_steps(shots)
-    result = trainer.fit(
+    train_settings = adapted.settings.train
+    result = TrainingLoop(adapted).fit(
         _paths(train, dataset), train["label"].tolist(), _paths(val, dataset),
-        val["label"].to_numpy(), loaded.preprocess, steps, checkpoint_dir=folder,
+        val["label"].to_numpy(), loaded.preprocess, train_settings.total_steps(shots),
+        checkpoint_dir=folder,
     )
     summary = {
-        "method": trainer.settings.method, "shots": shots, "steps": result.steps_done,
+        "method": train_settings.method, "shots": shots, "steps": result.steps_done,
         "trainable_parameters": result.trainable_parameters,
         "training_seconds": result.wall_seconds, "peak_memory_mb": result.peak_memory_mb,
         "peak_memory_kind": result.peak_memory_kind,
         "best_step": result.best_step, "best_val_accuracy": result.best_val_accuracy,
         "selected": result.selected, "selected_step": result.selected_step,
-        "seed": trainer.settings.seed,
+        "seed": train_settings.seed,
         "stopped_early": result.stopped_early, "checkpoint": str(folder),
     }
     logger.info("%s: %d trainable parameters; kept the %s state (step %d)",
-                trainer.settings.method, result.trainable_parameters, result.selected,
+                train_settings.method, result.trainable_parameters, result.selected,
                 result.selected_step)
-    adapter = {"tensors": trainer.adapter_state(),
-               "config": {"method": method, "model": model_params, "classes": classes}}
-    return adapter, result.history, summary
+    return adapted.artifact(model_params), result.history, summary
 
 
 def evaluate_adapter(
@@ -69,8 +73,8 @@ def evaluate_adapter(
     dataset: dict[str, Any], model_params: dict[str, Any], runtime: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """The trained model's metrics and tables on the full test split."""
-    trainer, loaded = restore_trainer(adapter, model_params, runtime)
-    logits = trainer.predict(_paths(test, dataset), loaded.preprocess)
+    adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
+    logits = adapted.predict(_paths(test, dataset), adapted.preprocess)
     metrics, per_class, predictions = evaluate(
         logits, test["label"].to_numpy(), adapter["config"]["classes"], test["path"].tolist()
     )
@@ -85,8 +89,7 @@ def export_merged(
     """Plain open_clip weights with the adapter merged in; load them with
     ``open_clip.create_model(name, pretrained=<this file>, force_quick_gelu=<config's
     quick_gelu>)``."""
-    trainer, loaded = restore_trainer(adapter, model_params, runtime)
-    merged = trainer.merged_clip()
+    adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
     config = {"model": model_params["name"], "adapter": adapter["config"]["method"],
-              "quick_gelu": uses_quick_gelu(loaded.spec)}
-    return {"tensors": open_clip_state_dict(merged), "config": config}
+              "quick_gelu": uses_quick_gelu(adapted.spec)}
+    return {"tensors": open_clip_state_dict(adapted.merged()), "config": config}

@@ -15,12 +15,11 @@ SHARED = {"params:model", "params:runtime", "params:checkpoint_root"}
 
 def create_pipeline(methods: list[str], cell: Cell) -> Pipeline:
     nodes = []
-    train = namespaces.bound(train_adapter, shots=cell.shots, seed=cell.seed)
     for method in methods:
         prefix = f"adapted_{method}"
         nodes += [
             Node(
-                train,
+                namespaces.bound(train_adapter, shots=cell.shots, seed=cell.seed, name=method),
                 {"train": "train", "val": "val", "manifest": "manifest",
                  "dataset": "params:dataset", "model_params": "params:model",
                  "runtime": "params:runtime", "method": f"params:adaptation_methods.{method}",

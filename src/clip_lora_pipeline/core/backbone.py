@@ -1,0 +1,72 @@
+"""What a method that trains CLIP through its backbone provides (LoRA, BitFit): its
+settings, the trainable parts it puts on an open_clip model, and how those are stored,
+restored and merged into a plain model. ``core.adapted.AdaptedClip`` holds one; the
+registry by name is ``core.backbone_methods``."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class SettingError(ValueError):
+    """A wrong setting value. The message starts with the setting's key, so whoever
+    knows where the settings sit prefixes it (``adaptation_methods.<name>.``)."""
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_names(expected: Iterable[str], given: Iterable[str]) -> None:
+    """Refuse stored tensors that are not exactly the model's trainable ones (another
+    method, model or version of the format)."""
+    expected, given = set(expected), set(given)
+    if expected != given:
+        raise ValueError(
+            f"the stored tensors are not this model's trainable ones: missing "
+            f"{sorted(expected - given)[:3]}, unexpected {sorted(given - expected)[:3]} "
+            f"({len(expected - given)} and {len(given - expected)} in all)")
+
+
+class BackboneMethod(ABC):
+    """A way to train CLIP on images through its backbone. Subclasses set ``name`` (also
+    the key of their own settings in an ``adaptation_methods`` entry) and ``Settings``
+    (a frozen dataclass whose ``__post_init__`` raises ``SettingError``), and implement
+    the methods below on the module ``attach`` returns. Register an instance in
+    ``core.backbone_methods``."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+    # What the method learns on, against the methods on cached features (core.methods).
+    learns_on: ClassVar[str] = "images through the backbone"
+
+    @abstractmethod
+    def attach(self, clip: nn.Module, settings: Any) -> nn.Module:
+        """Put the trainable parts on ``clip`` (in place) and freeze everything else;
+        returns the module that holds them: ``clip`` itself or a wrapper of it."""
+
+    def encoder(self, attached: nn.Module) -> nn.Module:
+        """The open_clip model inside ``attached``, the one to encode images and text."""
+        return attached
+
+    @abstractmethod
+    def state(self, attached: nn.Module) -> dict[str, torch.Tensor]:
+        """The trainable tensors by name, as stored (not copied)."""
+
+    @abstractmethod
+    def load_state(self, attached: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``state``'s tensors back in; ``check_names`` first."""
+
+    def merged(self, attached: nn.Module) -> nn.Module:
+        """A plain open_clip model computing what ``attached`` computes (a copy)."""
+        return copy.deepcopy(attached)
