@@ -111,25 +111,30 @@ def smoke_project(tmp_path_factory) -> Path:
     return copy
 
 
-def synthetic_splits(root: Path, images_per_class: int, shots: int):
-    """A 5-class synthetic dataset under ``root`` run through the data nodes:
-    (dataset params, manifest, train, val, test)."""
+def synthetic_pools(root: Path, images_per_class: int, num_classes: int = 5,
+                    image_size: int = 32, fractions=(0.5, 0.25, 0.25)):
+    """A generated dataset of shapes under ``root`` run through the data nodes up to the
+    split: (dataset params, manifest, train_pool, val_pool, test)."""
     from clip_lora_pipeline.core.models import register_model_configs
-    from clip_lora_pipeline.pipelines.data.nodes import (
-        download,
-        few_shot,
-        split,
-        validate,
-    )
+    from clip_lora_pipeline.pipelines.data.nodes import download, split, validate
 
     register_model_configs()
     dataset = {"source": "synthetic", "root": str(root),
-               "options": {"num_classes": 5, "images_per_class": images_per_class,
-                           "image_size": 32}}
+               "options": {"num_classes": num_classes, "images_per_class": images_per_class,
+                           "image_size": image_size}}
     manifest = download(dataset, {})
     images, _ = validate(manifest, dataset, {})
     train_pool, val_pool, test = split(images, {
-        "seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+        "seed": 0, "fractions": dict(zip(("train", "val", "test"), fractions)),
         "val_fraction_of_train": 0.2})
+    return dataset, manifest, train_pool, val_pool, test
+
+
+def synthetic_splits(root: Path, images_per_class: int, shots: int):
+    """A 5-class synthetic dataset under ``root`` run through the data nodes:
+    (dataset params, manifest, train, val, test)."""
+    from clip_lora_pipeline.pipelines.data.nodes import few_shot
+
+    dataset, manifest, train_pool, val_pool, test = synthetic_pools(root, images_per_class)
     train, val = few_shot(train_pool, val_pool, test, shots, 2, 1)
     return dataset, manifest, train, val, test

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from clip_lora_pipeline.core.methods.registry import FEATURE_METHODS, from_artifact
-from clip_lora_pipeline.core.models import TINY_MODEL, register_model_configs
+from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.splits import sample_few_shot
-from clip_lora_pipeline.pipelines.data.nodes import download, split, validate
 from clip_lora_pipeline.pipelines.feature_methods.nodes import (
     encode_views,
     fit_feature_method,
 )
 from clip_lora_pipeline.pipelines.zero_shot import nodes as zero_shot_nodes
+from tests.conftest import synthetic_pools
 
-register_model_configs()
 MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
 RUNTIME = {"device": "cpu", "precision": "auto", "batch_size": 64, "num_workers": 0}
 SHOTS, SEEDS, VIEWS = 16, (1, 2, 3), {"n_views": 4}
@@ -28,14 +27,8 @@ FAST = {"tip_adapter_f": {"train_epoch": 5}, "clap": {"epochs": 50}}
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """Embeddings of the pools and test split, and the zero-shot classifier."""
-    root = tmp_path_factory.mktemp("shapes")
-    dataset = {"source": "synthetic", "root": str(root),
-               "options": {"num_classes": 6, "images_per_class": 32, "image_size": 32}}
-    manifest = download(dataset, {})
-    images, _ = validate(manifest, dataset, {})
-    train_pool, val_pool, test = split(images, {
-        "seed": 0, "fractions": {"train": 0.6, "val": 0.15, "test": 0.25},
-        "val_fraction_of_train": 0.2})
+    dataset, manifest, train_pool, val_pool, test = synthetic_pools(
+        tmp_path_factory.mktemp("shapes"), 32, num_classes=6, fractions=(0.6, 0.15, 0.25))
     encode = zero_shot_nodes.encode_test
     tables = {name: encode(frame, dataset, MODEL, RUNTIME)
               for name, frame in (("train", train_pool), ("val", val_pool), ("test", test))}

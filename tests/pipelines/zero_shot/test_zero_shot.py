@@ -13,28 +13,19 @@ from kedro.runner import SequentialRunner
 from safetensors.torch import save_file
 
 from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.models import TINY_MODEL, register_model_configs
+from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset
-from clip_lora_pipeline.pipelines.data.nodes import download, split, validate
 from clip_lora_pipeline.pipelines.zero_shot import nodes
 from clip_lora_pipeline.pipelines.zero_shot.pipeline import for_dataset
+from tests.conftest import synthetic_pools
 
-register_model_configs()
 MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
 RUNTIME = {"device": "cpu", "precision": "auto", "batch_size": 8, "num_workers": 0}
-SPLIT = {"seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
-         "val_fraction_of_train": 0.2}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    dataset = {"source": "synthetic", "root": str(root),
-               "options": {"num_classes": 5, "images_per_class": 8, "image_size": 40}}
-    manifest = download(dataset, {})
-    images, _ = validate(manifest, dataset, {})
-    train, val, test = split(images, SPLIT)
-    return dataset, manifest, train, val, test
+    return synthetic_pools(tmp_path_factory.mktemp("shapes"), 8, image_size=40)
 
 
 def test_zero_shot_logits_equal_direct_open_clip(data, tmp_path):

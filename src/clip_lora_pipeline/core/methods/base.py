@@ -74,6 +74,7 @@ class FeatureMethod(ABC):
     name: ClassVar[str]
     Settings: ClassVar[type]
     description: ClassVar[str] = ""
+    learns_on: ClassVar[str] = "cached features"  # backbone methods: core.backbone
     uses_views: ClassVar[bool] = False  # wants FeatureSet.train_views
     uses_text: ClassVar[bool] = True  # wants FeatureSet.text (a zero-shot classifier)
 
