@@ -54,8 +54,13 @@ def test_two_class_probe_gives_two_logit_columns():
 def test_settings_name_a_wrong_key_and_bad_values():
     with pytest.raises(MethodError, match=r"linear_probe\.c_stpes: unknown; linear_probe takes"):
         PROBE.settings({"method": "linear_probe", "c_stpes": 3})
-    with pytest.raises(MethodError, match="c_min_log10 <= c_max_log10"):
+    with pytest.raises(MethodError, match="c_min_log10 must be <= c_max_log10"):
         PROBE.settings({"c_min_log10": 2, "c_max_log10": 1})
+    for bad in ({"c_steps": 13.0}, {"c_steps": True}, {"max_iter": 100.5}):
+        with pytest.raises(MethodError, match=f"'{next(iter(bad))}' must be an integer"):
+            PROBE.settings(bad)
+    with pytest.raises(MethodError, match="'strength_min_log10' must be a number"):
+        HEAD.settings({"strength_min_log10": "-5"})
 
 
 def test_a_fitted_head_round_trips_through_its_stored_artifact():

@@ -52,7 +52,7 @@ def _fit(shapes, kind, cell, test=None):
     method = FEATURE_METHODS[kind]
     return fit_feature_method(
         train, val, tables["test"] if test is None else test, manifest,
-        {"method": kind, **FAST.get(kind, {})}, name=kind, shots=SHOTS,
+        {"method": kind, **FAST.get(kind, {})}, name=kind, shots=SHOTS, seed=1,
         classifier=classifier if method.uses_text else None,
         train_views=views if method.uses_views else None)
 
@@ -95,3 +95,19 @@ def test_test_labels_never_choose_anything(shapes, cells, kind):
     assert permuted["val_search"] == metrics["val_search"]
     for name, tensor in first["tensors"].items():
         np.testing.assert_array_equal(second["tensors"][name].numpy(), tensor.numpy())
+
+
+def test_the_cell_seed_seeds_training_unless_the_entry_sets_one(shapes, cells):
+    _, manifest, tables, classifier = shapes
+    train, val, views = cells[1]
+
+    def fit(cell_seed, **entry):
+        return fit_feature_method(train, val, tables["test"], manifest,
+                                  {"method": "tip_adapter_f", "train_epoch": 2, **entry},
+                                  name="f", shots=SHOTS, seed=cell_seed, classifier=classifier,
+                                  train_views=views)
+
+    (first, one, _, _), (second, two, _, _) = fit(1), fit(2)
+    assert (one["seed"], two["seed"]) == (1, 2)
+    assert not np.array_equal(first["tensors"]["keys"].numpy(), second["tensors"]["keys"].numpy())
+    assert fit(2, seed=7)[1]["seed"] == 7

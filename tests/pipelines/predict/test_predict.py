@@ -64,7 +64,7 @@ def models(shapes, tmp_path_factory):
         method = FEATURE_METHODS[kind]
         artifact, _, _, predictions = fit_feature_method(
             train_emb, val_emb, test_emb, manifest, {"method": kind, **FAST.get(kind, {})},
-            name=kind, shots=3, classifier=classifier if method.uses_text else None,
+            name=kind, shots=3, seed=1, classifier=classifier if method.uses_text else None,
             train_views=views if method.uses_views else None)
         features[kind] = (artifact, predictions)
     checkpoints = tmp_path_factory.mktemp("checkpoints")

@@ -25,6 +25,19 @@ class MethodError(ValueError):
     """A method's settings or inputs that cannot work."""
 
 
+def check_settings(owner: str, integers: dict[str, Any] = (), numbers: dict[str, Any] = ()
+                   ) -> None:
+    """Settings that must be integers >= 1 (``integers``) or numbers (``numbers``), named
+    in the error: YAML gives 13.0 or true as easily as 13."""
+    for name, value in dict(integers).items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MethodError(f"{owner}: setting {name!r} must be an integer >= 1; got "
+                              f"{value!r}.")
+    for name, value in dict(numbers).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MethodError(f"{owner}: setting {name!r} must be a number; got {value!r}.")
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     """One cell's cached features. Rows are L2-normalised image embeddings.

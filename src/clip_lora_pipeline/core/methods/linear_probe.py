@@ -18,6 +18,7 @@ from clip_lora_pipeline.core.methods.base import (
     FeatureSet,
     Fitted,
     MethodError,
+    check_settings,
     linear_logits,
 )
 
@@ -32,9 +33,10 @@ class LinearProbeSettings:
     max_iter: int = 1000
 
     def __post_init__(self) -> None:
-        if self.c_steps < 1 or self.c_min_log10 > self.c_max_log10 or self.max_iter < 1:
-            raise MethodError("linear_probe: c_steps and max_iter must be >= 1 and "
-                              "c_min_log10 <= c_max_log10.")
+        check_settings("linear_probe", {"c_steps": self.c_steps, "max_iter": self.max_iter},
+                       {"c_min_log10": self.c_min_log10, "c_max_log10": self.c_max_log10})
+        if self.c_min_log10 > self.c_max_log10:
+            raise MethodError("linear_probe: c_min_log10 must be <= c_max_log10.")
 
     @property
     def grid(self) -> list[float]:

@@ -16,6 +16,7 @@ from clip_lora_pipeline.core.methods.base import (
     FeatureSet,
     Fitted,
     MethodError,
+    check_settings,
     linear_logits,
 )
 from clip_lora_pipeline.core.methods.linear_probe import (
@@ -34,10 +35,13 @@ class TextInitHeadSettings:
     max_iter: int = 100  # L-BFGS iterations per fit
 
     def __post_init__(self) -> None:
-        if self.strength_steps < 1 or self.max_iter < 1 \
-                or self.strength_min_log10 > self.strength_max_log10:
-            raise MethodError("text_init_head: strength_steps and max_iter must be >= 1 and "
-                              "strength_min_log10 <= strength_max_log10.")
+        check_settings("text_init_head",
+                       {"strength_steps": self.strength_steps, "max_iter": self.max_iter},
+                       {"strength_min_log10": self.strength_min_log10,
+                        "strength_max_log10": self.strength_max_log10})
+        if self.strength_min_log10 > self.strength_max_log10:
+            raise MethodError("text_init_head: strength_min_log10 must be <= "
+                              "strength_max_log10.")
 
     @property
     def grid(self) -> list[float]:

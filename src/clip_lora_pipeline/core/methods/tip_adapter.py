@@ -90,8 +90,8 @@ def cache_keys(data: FeatureSet) -> np.ndarray:
     """The cache keys: each train image's augmented views averaged, then normalised
     (build_cache_model averages ``augment_epoch`` views); its plain features when the
     cell has no views. Our views are already normalised, the official ones are not."""
-    if data.train_views is None:
-        return np.asarray(data.train_x, dtype=np.float32)
+    if data.train_views is None:  # a copy: Tip-Adapter-F trains the keys in place
+        return np.array(data.train_x, dtype=np.float32)
     keys = np.asarray(data.train_views, dtype=np.float32).mean(axis=1)
     return keys / np.linalg.norm(keys, axis=1, keepdims=True)
 
@@ -154,11 +154,18 @@ def search_alpha_beta(settings: TipAdapterSettings, data: FeatureSet, cache: Cac
     return table, float(betas[best // len(alphas)]), float(alphas[best % len(alphas)])
 
 
+LOGIT_ROWS = 4096  # images scored at once: the affinity to every key is (rows, keys)
+
+
 def tip_logits(cache: Cache, text: np.ndarray, logit_scale: float, beta: float,
                alpha: float, x: np.ndarray) -> np.ndarray:
+    """Logits in chunks of rows: at once, ImageNet's 50,000 test images against 16,000
+    keys would need about 9.5 GiB."""
     x = np.asarray(x, dtype=np.float32)
-    clip = np.float32(logit_scale) * x @ text.T
-    return clip + np.float32(alpha) * cache.vote(cache.affinity(x), beta)
+    chunks = [np.float32(logit_scale) * part @ text.T
+              + np.float32(alpha) * cache.vote(cache.affinity(part), beta)
+              for part in np.array_split(x, max(1, -(-len(x) // LOGIT_ROWS)))]
+    return np.concatenate(chunks) if chunks else np.empty((0, len(text)), np.float32)
 
 
 class TipAdapter(FeatureMethod):

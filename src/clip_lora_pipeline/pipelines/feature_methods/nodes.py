@@ -3,6 +3,7 @@ test; and encode the augmented views some methods train on."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,17 @@ def _features(train: pd.DataFrame, val: pd.DataFrame, n_classes: int,
 def fit_feature_method(
     train_embeddings: pd.DataFrame, val_embeddings: pd.DataFrame,
     test_embeddings: pd.DataFrame, manifest: pd.DataFrame, params: dict[str, Any], *,
-    name: str, shots: int | None, classifier: pd.DataFrame | None = None,
+    name: str, shots: int | None, seed: int, classifier: pd.DataFrame | None = None,
     train_views: pd.DataFrame | None = None,
 ) -> Outputs:
     """Fit the ``feature_methods.<name>`` entry on train (selecting on val), evaluate on
-    test. Returns the model artifact, metrics, per-class table and predictions."""
+    test. Returns the model artifact, metrics, per-class table and predictions.
+    ``seed``: the cell's, which seeds a method that trains unless its entry sets one (one
+    seed drives the sample and the training, as for the backbone methods)."""
     method = get_feature_method(params["method"])
     settings = method.settings(params)
+    if "seed" not in params and any(f.name == "seed" for f in dataclasses.fields(settings)):
+        settings = dataclasses.replace(settings, seed=seed)
     classes = class_table(manifest)
     view_array = None if train_views is None else views.views_array(train_views)
     data = _features(train_embeddings, val_embeddings, len(classes), classifier, view_array)
@@ -56,6 +61,7 @@ def fit_feature_method(
         logits, test_embeddings["label"].to_numpy(), classes, test_embeddings["path"].tolist())
     metrics.update({
         "method": name, "kind": method.name, "shots": shots, "selected": fitted.selected,
+        "seed": getattr(settings, "seed", None),
         "fit_seconds": fitted.fit_seconds, "peak_memory_mb": memory.peak_mb(),
         "peak_memory_kind": memory.kind, "trainable_parameters": fitted.trainable_parameters,
         "val_search": (None if fitted.search is None

@@ -23,7 +23,8 @@ def method_node(entry: FeatureMethodEntry, cell: Cell) -> Node:
     if entry.method.uses_views:
         inputs["train_views"] = "train_views"
     return Node(
-        namespaces.bound(fit_feature_method, name=entry.name, shots=cell.shots), inputs,
+        namespaces.bound(fit_feature_method, name=entry.name, shots=cell.shots, seed=cell.seed),
+        inputs,
         [f"{entry.name}_model", f"{entry.name}_metrics", f"{entry.name}_per_class",
          f"{entry.name}_predictions"],
         name=entry.name, tags=["feature_methods", entry.name],

@@ -99,8 +99,8 @@ def _record_inputs(datasets: list[str]) -> dict[str, str]:
         "model", "prompt_sets", "feature_methods", "adaptation_methods", "split")}
     for d in datasets:
         inputs |= {f"config__{d}": f"params:dataset_configs.{d}",
-                   **{f"{part}__{d}": f"{d}.{part}" for part in
-                      ("rejected_images", "test", "train", "val")}}
+                   f"rejected__{d}": f"{d}.rejected_images",
+                   **{f"{part}__{d}": f"{d}.{part}" for part in ("test", "train", "val")}}
     return inputs
 
 
@@ -116,8 +116,7 @@ def _summary_pipeline(prompt_sets: dict[str, list[str]], cell: Cell, methods: li
              name="comparison", tags=["reporting"]),
         Node(_bound(record_run, methods=methods, datasets=prompt_sets, shots=cell.shots,
                     few_shot_seed=cell.seed),
-             {k.replace("rejected_images__", "rejected__"): v for k, v in record.items()},
-             "run_record", name="record_run", tags=["reporting"]),
+             record, "run_record", name="record_run", tags=["reporting"]),
         Node(_bound(report, datasets=datasets),
              {"comparison_table": "comparison_table", "accuracy_chart": "accuracy_chart",
               "record": "run_record",
