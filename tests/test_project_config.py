@@ -169,3 +169,26 @@ def test_a_typo_anywhere_fails_when_the_pipelines_are_built(monkeypatch, change,
     monkeypatch.setattr(project_config, "parameters", lambda: params)
     with pytest.raises(ValueError, match=message):
         register_pipelines()
+
+
+def test_a_model_changed_with_params_is_refused_because_paths_follow_globals(monkeypatch):
+    catalog_model = {"name": "ViT-B-16", "pretrained": "openai", "checkpoint": None}
+    params = {**HEAD_PARAMS, "model": {**catalog_model, "name": "ViT-B-32"}}
+    monkeypatch.setattr(project_config, "parameters", lambda: params)
+    monkeypatch.setattr(project_config, "_catalog_model", lambda: catalog_model)
+    with pytest.raises(ValueError, match=r"named by globals\.yml's model .*not with --params"):
+        register_pipelines()
+    params["model"] = dict(catalog_model)
+    register_pipelines()
+
+
+def test_an_empty_adaptation_entry_means_the_defaults(monkeypatch):
+    from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
+    from clip_lora_pipeline.pipelines.reporting.nodes import _training_seed
+
+    assert adaptation_settings("bitfit", None) == adaptation_settings("bitfit", {})
+    params = {**HEAD_PARAMS, "adaptation_methods": {"bitfit": None}}
+    monkeypatch.setattr(project_config, "parameters", lambda: params)
+    assert "a.shots_4_seed_1.train_bitfit" in {n.name for n in register_pipelines()["lora"].nodes}
+    # the run record's training seed: the entry's own, else the few-shot seed
+    assert [_training_seed(e, 3) for e in (None, {"seed": None}, {"seed": 0})] == [3, 3, 0]

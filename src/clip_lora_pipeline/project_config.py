@@ -35,15 +35,26 @@ class ProjectConfigLoader(OmegaConfigLoader):
         use_config_loader(self)
 
 
+def _loader() -> AbstractConfigLoader:
+    if _active_loader is not None:  # not `or`: a config loader is a mapping, falsy until read
+        return _active_loader
+    return OmegaConfigLoader(
+        conf_source=str(Path.cwd() / "conf"),
+        base_env="base",
+        default_run_env=os.environ.get("KEDRO_ENV", "local"),
+    )
+
+
 def parameters() -> dict[str, Any]:
-    loader = _active_loader
-    if loader is None:  # not `or`: a config loader is a mapping, falsy until read
-        loader = OmegaConfigLoader(
-            conf_source=str(Path.cwd() / "conf"),
-            base_env="base",
-            default_run_env=os.environ.get("KEDRO_ENV", "local"),
-        )
-    return loader["parameters"]
+    return _loader()["parameters"]
+
+
+def _catalog_model() -> dict[str, Any] | None:
+    """The model the catalog paths are named by (globals.yml), or None if unreadable."""
+    try:
+        return _loader()["globals"].get("model")
+    except (KeyError, ValueError, OSError):
+        return None
 
 
 def dataset_names(params: dict[str, Any]) -> list[str]:
@@ -102,6 +113,14 @@ def check_run_settings(params: dict[str, Any]) -> None:
 
     if "model" in params:
         ModelSpec.from_params(params["model"])
+        catalog_model = _catalog_model()
+        if catalog_model is not None and dict(params["model"]) != dict(catalog_model):
+            # --params changes the parameters, not globals.yml, and the catalog names
+            # every feature and result by the globals' model: they would be mixed up.
+            raise ValueError(
+                f"parameter 'model' is {dict(params['model'])}, but the output paths are "
+                f"named by globals.yml's model {dict(catalog_model)}. Change the model in "
+                "conf/<env>/globals.yml (or --env), not with --params.")
     from_params(RuntimeSettings, params.get("runtime"), "runtime")
 
 

@@ -132,6 +132,7 @@ def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
     value, at its top level or under ``lora:`` / ``bitfit:``, raises a ValueError naming
     ``adaptation_methods.<name>.<key>`` and what is allowed there."""
     where = f"adaptation_methods.{name}"
+    params = {} if params is None else params  # an empty YAML entry: the defaults
     _check_mapping(params, where)
     kind = params.get("method", TrainSettings.method)
     if not isinstance(kind, str) or kind not in BACKBONE_METHODS:

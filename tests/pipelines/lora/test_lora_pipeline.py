@@ -102,3 +102,16 @@ def test_evaluation_refuses_an_adapter_of_another_model(tmp_path, data):
     with pytest.raises(ValueError, match="re-run training"):
         nodes.evaluate_adapter(data[4], adapter, {}, data[0],
                                {**MODEL, "name": "ViT-B-32"}, RUNTIME)
+
+
+def test_another_precision_trains_afresh_instead_of_resuming(tmp_path, data):
+    """An fp32 checkpoint cannot resume under bf16 autocast (the scaler and optimiser
+    state differ): the precision is part of the checkpoint folder's identity."""
+    dataset, manifest, train, val, _ = data
+    entry = {**METHODS["bitfit"], "max_steps": 2, "eval_every": None, "checkpoint_every": 1}
+    folders = [
+        nodes.train_adapter(train, val, manifest, dataset, MODEL,
+                            {**RUNTIME, "device": "cpu", "precision": precision}, 4, entry,
+                            str(tmp_path), name="bitfit", seed=1)[2]["checkpoint"]
+        for precision in ("fp32", "bf16")]
+    assert folders[0] != folders[1]

@@ -44,6 +44,8 @@ def train_adapter(
     identity = json.dumps({
         "model": model_slug(loaded.spec), "method": method, "root": dataset["root"],
         "train": sorted(train["path"]), "val": sorted(val["path"]), "seed": seed,
+        # another precision or device cannot resume this run's optimiser and scaler state
+        "precision": str(dtype), "device": loaded.device.type,
     }, sort_keys=True, default=str)
     folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
     train_settings = adapted.settings.train

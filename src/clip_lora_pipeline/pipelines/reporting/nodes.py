@@ -76,6 +76,12 @@ def comparison(*dataset_results: pd.DataFrame) -> tuple[pd.DataFrame, str, Figur
     return table, tables.to_markdown(table), figures.accuracy_chart(table)
 
 
+def _training_seed(entry: dict[str, Any] | None, few_shot_seed: int) -> int:
+    """An entry's own seed, or the few-shot seed when it sets none (or null)."""
+    seed = (entry or {}).get("seed")
+    return few_shot_seed if seed is None else seed
+
+
 def record_run(
     model: dict[str, Any], prompt_sets: dict[str, Any], feature_methods: dict[str, Any],
     adaptation_methods: dict[str, Any],
@@ -92,7 +98,7 @@ def record_run(
     settings = {**{f"zero_shot_{name}": {"prompt_set": spec} for name, spec in prompt_sets.items()},
                 **(feature_methods or {}), **adaptation_methods}
     seeds = {"few_shot_seed": few_shot_seed, "split.seed": split.get("seed"),
-             **{f"{m} training seed": adaptation_methods[m].get("seed", few_shot_seed)
+             **{f"{m} training seed": _training_seed(adaptation_methods[m], few_shot_seed)
                 for m in methods if m in adaptation_methods}}
     splits = {d: run_record.split_counts(
         rejected=inputs[f"rejected__{d}"],
