@@ -70,7 +70,7 @@ def test_the_configured_entries_are_valid(path):
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    (None, r"^adaptation_methods\.x must map settings to values"),
+    ([1, 2], r"^adaptation_methods\.x must map settings to values"),
     ({"learning_rate": 1.0},
      r"^adaptation_methods\.x\.learning_rate: unknown with method lora; .*'lora', 'lr'"),
     ({"method": "adapter"}, r"^adaptation_methods\.x\.method is 'adapter'; allowed: "
