@@ -16,6 +16,7 @@ from clip_lora_pipeline.core.runtime import (
     resolve_device,
     resolve_precision,
     tune_cpu_allocator,
+    usable_cpus,
 )
 
 # In a fresh process: the test suite's own allocator state (earlier tests, tuned malloc)
@@ -63,3 +64,25 @@ def test_device_and_precision_on_cpu():
 
 def test_allocator_tuning_is_idempotent():
     assert tune_cpu_allocator() is tune_cpu_allocator()
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_takes_bf16_only_where_the_gpu_has_it_in_hardware(
+        monkeypatch, native, expected):
+    """V100 and T4 report bf16 as supported through emulation, which is slow: auto must
+    ask without emulation."""
+    def supported(including_emulation=True):
+        return native or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert resolve_precision(torch.device("cuda"), "auto") == expected
+
+
+def test_usable_cpus_follow_the_affinity_not_the_machine(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert usable_cpus() == 2
+    from clip_lora_pipeline.core.embed import resolve_num_workers
+
+    assert resolve_num_workers("auto", torch.device("cuda")) == 2
+    assert resolve_num_workers("auto", torch.device("cpu")) == 0

@@ -301,3 +301,21 @@ def test_half_precisions_train_and_only_fp16_scales_the_loss(shapes, dtype, scal
     paths, labels = shapes["train"]
     result = loop.fit(paths, labels, *shapes["val"], adapted.preprocess, 2)
     assert result.steps_done == 2 and np.isfinite(result.history["loss"]).all()
+
+
+def test_a_checkpoint_loads_onto_the_cpu_whatever_device_wrote_it(shapes, tmp_path, monkeypatch):
+    """Tensors saved on CUDA must load on a CPU-only machine: the store maps them to the
+    CPU (a GPU cannot be faked here, so the load's arguments are checked)."""
+    from clip_lora_pipeline.core import checkpoints
+
+    adapted = _adapted(shapes, max_steps=4)
+    _fit(adapted, shapes, checkpoint_dir=tmp_path)
+    real_load, seen = torch.load, []
+
+    def load(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "load", load)
+    checkpoints.CheckpointStore(tmp_path / "last").load()
+    assert seen == ["cpu"]

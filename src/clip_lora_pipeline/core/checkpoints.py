@@ -79,6 +79,9 @@ class CheckpointStore:
             (staging / "settings.json").write_text(json.dumps(settings, indent=1))
 
     def load(self) -> Checkpoint:
+        # map_location: a checkpoint written on a GPU resumes on a CPU-only machine; the
+        # optimiser moves its state to the parameters' device when it loads it.
         return Checkpoint(load_file(str(self.folder / "trainable.safetensors")),
                           load_file(str(self.folder / "best.safetensors")),
-                          torch.load(self.folder / "state.pt", weights_only=True))
+                          torch.load(self.folder / "state.pt", weights_only=True,
+                                     map_location="cpu"))

@@ -4,7 +4,6 @@ decoding threads on CPU, mixed precision where asked, memory bounded by the batc
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.methods.base import linear_logits, zero_shot_head
-from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator
+from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator, usable_cpus
 
 
 def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
@@ -35,7 +34,7 @@ def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
     on 2 cores, 0 workers encoded ViT-B-32 faster than 1 or 2 (benchmarks/README.md).
     """
     if num_workers == "auto":
-        return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+        return min(8, usable_cpus()) if device.type == "cuda" else 0
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"runtime.num_workers must be 'auto' or an integer >= 0, got {num_workers!r}.")
     return num_workers
@@ -147,7 +146,7 @@ def image_loader(
     CPU without worker processes, batches are decoded by threads (``ThreadedBatches``)."""
     dataset = ManifestImages(manifest, root, transform)
     if device.type == "cpu" and num_workers == 0:
-        return ThreadedBatches(dataset, batch_size, os.cpu_count() or 1)
+        return ThreadedBatches(dataset, batch_size, usable_cpus())
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -15,6 +15,8 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from clip_lora_pipeline.core.runtime import usable_cpus
+
 logger = logging.getLogger(__name__)
 
 ON_BAD_IMAGE = ("skip", "fail")
@@ -178,7 +180,7 @@ def check_image(path: Path) -> ImageCheck:
 
 def check_images(paths: list[Path], num_workers: int | None = None) -> list[ImageCheck]:
     """``check_image`` for every path, in order, in parallel threads."""
-    workers = num_workers or min(8, (os.cpu_count() or 1) * 2)
+    workers = num_workers or min(8, usable_cpus() * 2)
     # PIL releases the GIL while decoding, so threads use every core without pickling.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,15 @@ class RuntimeSettings:
                              f"{self.num_workers!r}.")
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: the CPU affinity where the OS has one (a
+    container or a scheduler's slice), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA when it is available, else the CPU."""
     if device == "auto":
@@ -56,13 +66,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The autocast dtype: bf16 (or fp16 where bf16 is missing) on GPU, fp32 on CPU."""
+    """The autocast dtype: bf16 on a GPU that has it in hardware, else fp16; fp32 on CPU."""
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     if precision == "auto":
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Without emulation: V100 and T4 report bf16 "supported" through slow emulation.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

@@ -11,7 +11,6 @@ nodes running in other threads are not disturbed either). Duplicate rows of one 
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from clip_lora_pipeline.core import settings
 from clip_lora_pipeline.core.embed import BatchToTensorNormalize
 from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator
+from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator, usable_cpus
 
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default, as Tip-Adapter uses
 
@@ -183,7 +182,7 @@ def encode_views(
     # Whole images per chunk, so each is decoded once; at least one image.
     images_per_chunk = max(1, batch_size // settings.n_views)
     chunks = _decoded_chunks(paths, size, settings, int(seed), images_per_chunk,
-                             threads or os.cpu_count() or 1,
+                             threads or usable_cpus(),
                              prefetch=1 if device.type == "cuda" else 0)
     out: np.ndarray | None = None
     done = 0
