@@ -319,3 +319,32 @@ def test_a_checkpoint_loads_onto_the_cpu_whatever_device_wrote_it(shapes, tmp_pa
     monkeypatch.setattr(checkpoints.torch, "load", load)
     checkpoints.CheckpointStore(tmp_path / "last").load()
     assert seen == ["cpu"]
+
+
+@pytest.mark.parametrize("head", ["text", "linear"])
+def test_logits_are_fp32_under_bf16_autocast(shapes, head):
+    adapted = _adapted(shapes, head=head).train()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = adapted(images)
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    assert logits.dtype == torch.float32 and loss.dtype == torch.float32
+
+
+def test_the_linear_head_without_alignment_never_runs_the_text_tower(shapes, monkeypatch):
+    from clip_lora_pipeline.core import adapted as adapted_module
+
+    adapted = _adapted(shapes, head="linear", text_alignment_weight=0.0)
+    real, calls = adapted_module.encode_text_trimmed, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adapted_module, "encode_text_trimmed", counted)
+    _fit(adapted, shapes)
+    adapted.predict(shapes["val"][0], adapted.preprocess)
+    assert calls == []
+    aligned = _adapted(shapes, head="linear", text_alignment_weight=0.5, max_steps=2)
+    _fit(aligned, shapes)
+    assert len(calls) >= 2  # with a weight, every step uses the text head

@@ -133,14 +133,21 @@ class AdaptedClip(nn.Module):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Head logits, plus (training the 'linear' head) the text-alignment logits.
-        ``text``: class embeddings already computed, for many batches without training."""
+        """Head logits, plus (training the 'linear' head with an alignment weight) the
+        text-alignment logits. ``text``: class embeddings already computed, for many
+        batches without training. The heads run in fp32 with autocast off: under bf16
+        autocast their matmul would round the logits, enough to tie or flip top-1."""
         features = F.normalize(self.clip.encode_image(images).float(), dim=-1)
-        text = self.text_features() if text is None else text
-        text_logits = LOGIT_SCALE * features @ text.T
-        if self.linear is None:
-            return text_logits, None
-        return self.linear(features), text_logits if self.training else None
+        aligning = self.training and self.settings.train.text_alignment_weight > 0
+        if self.linear is not None and not aligning:
+            text = None  # the linear head alone: the text tower's output would go unused
+        elif text is None:
+            text = self.text_features()
+        with torch.autocast(features.device.type, enabled=False):
+            text_logits = None if text is None else LOGIT_SCALE * features @ text.float().T
+            if self.linear is None:
+                return text_logits, None
+            return self.linear(features), text_logits
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -170,7 +177,7 @@ class AdaptedClip(nn.Module):
         many images, and the class embeddings are computed once."""
         out = []
         with self._inference():
-            text = self.text_features()
+            text = self.text_features() if self.linear is None else None
             for start in range(0, len(paths), batch_size):
                 batch = [transform(load_rgb(p)) for p in paths[start:start + batch_size]]
                 out.append(self.logits(torch.stack(batch), text).cpu())
