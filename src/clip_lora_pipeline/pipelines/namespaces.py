@@ -48,8 +48,7 @@ def for_cell(pipeline: Pipeline, name: str, cell: Cell,
     """``pipeline`` in the namespace ``<name>.<cell>``; its inputs that are made per
     dataset (``DATASET_LEVEL`` and text classifiers) keep the dataset's names."""
     shared = {i for i in pipeline.inputs()
-              if i in DATASET_LEVEL or i.startswith("text_classifier_")
-              or i.startswith("zero_shot_")}
+              if i in DATASET_LEVEL or i.startswith("text_classifier_")}
     return Pipeline(pipeline, namespace=f"{name}.{cell.name}",
                     inputs={i: f"{name}.{i}" for i in shared},
                     parameters=_parameters(pipeline, name, parameters))

@@ -19,7 +19,8 @@ from clip_lora_pipeline.core.splits import (
 
 logger = logging.getLogger(__name__)
 
-# A node sees its dataset's entry, not the key it sits under in dataset_configs.
+# A node sees its dataset's entry, not its key under dataset_configs; the pipeline registry
+# has already checked every entry under its real name, so this only labels a fallback.
 _UNNAMED = "<dataset>"
 
 
