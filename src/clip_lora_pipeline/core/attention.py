@@ -6,6 +6,10 @@ target q, k and v separately, and never applies ``lora_dropout`` there; with sep
 layers it targets each by name (``core.lora``). ``load_model`` unfuses every model: on
 CPU the SDPA path also encoded ViT-B-32 about 9% faster than the fused fast path.
 ``open_clip_state_dict`` fuses a copy back, so exported weights load into plain open_clip.
+
+``mark_causal_text_attention`` lets the text tower's modules apply their causal mask
+with SDPA's ``is_causal`` instead of the additive float mask: GPUs then run flash
+attention, which takes no float mask.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.transformer import TextTransformer
 from torch import nn
 
 
@@ -23,8 +29,11 @@ class UnfusedMultiheadAttention(nn.Module):
 
     Same call signature and result as ``nn.MultiheadAttention(batch_first=True)`` for
     the way open_clip calls it (self-attention, ``need_weights=False``, optional
-    additive or boolean ``attn_mask``).
+    additive or boolean ``attn_mask``). With ``causal`` set (``mark_causal_text_attention``)
+    it attends causally and ignores ``attn_mask``.
     """
+
+    causal: bool = False
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True):
         super().__init__()
@@ -83,10 +92,16 @@ class UnfusedMultiheadAttention(nn.Module):
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(query if key is None else key))
         v = self._heads(self.v_proj(query if value is None else value))
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            # nn.MultiheadAttention: True = masked out; SDPA: True = attend.
-            attn_mask = ~attn_mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if self.causal:
+            # Only set on text towers whose blocks are handed the causal mask (verified
+            # once, by mark_causal_text_attention), or a leading square of it or None
+            # (prompts._encode_prefix): is_causal applies exactly that mask.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
+                # nn.MultiheadAttention: True = masked out; SDPA: True = attend.
+                attn_mask = ~attn_mask
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(batch, length, self.embed_dim)
         return self.out_proj(out), None
 
@@ -109,6 +124,56 @@ def unfuse_attention(model: nn.Module) -> int:
 def fuse_attention(model: nn.Module) -> int:
     """Undo ``unfuse_attention`` in place, so the state dict is open_clip's own layout."""
     return _replace_children(model, UnfusedMultiheadAttention, UnfusedMultiheadAttention.to_fused)
+
+
+def is_causal_mask(mask: torch.Tensor | None) -> bool:
+    """Whether ``mask`` is open_clip's additive causal mask: -inf above the diagonal,
+    zeros elsewhere."""
+    if mask is None or mask.ndim != 2 or mask.shape[0] != mask.shape[1] \
+            or not mask.is_floating_point():
+        return False
+    causal = torch.full_like(mask, float("-inf")).triu_(1)
+    return torch.equal(mask, causal)
+
+
+def _causal_text_transformer(model: nn.Module) -> nn.Module | None:
+    """The text tower's transformer where every block is handed exactly the causal mask."""
+    text = getattr(model, "text", None)
+    if isinstance(text, TextTransformer):  # CustomTextCLIP, CoCa
+        if text.cls_emb is not None or text.use_pad_mask:
+            return None  # per-batch class-token and padding terms are added to the mask
+        transformer, mask = text.transformer, text.attn_mask
+    elif isinstance(model, CLIP):
+        transformer, mask = model.transformer, model.attn_mask
+    else:
+        return None
+    return transformer if is_causal_mask(mask) else None
+
+
+def _text_attention(transformer: nn.Module) -> list[nn.Module]:
+    return [getattr(block, "attn", None) for block in getattr(transformer, "resblocks", ())]
+
+
+def mark_causal_text_attention(model: nn.Module) -> int:
+    """Set ``causal`` on the text tower's ``UnfusedMultiheadAttention`` modules where the
+    tower's mask is open_clip's causal mask; returns how many were marked (0 for other
+    masks, no mask, or no text tower). Call after ``unfuse_attention``."""
+    transformer = _causal_text_transformer(model)
+    if transformer is None:
+        return 0
+    marked = 0
+    for attn in _text_attention(transformer):
+        if isinstance(attn, UnfusedMultiheadAttention):
+            attn.causal = True
+            marked += 1
+    return marked
+
+
+def is_marked_causal(transformer: nn.Module) -> bool:
+    """Whether every block of this (text) transformer attends causally on its own, so
+    it needs no mask."""
+    attention = _text_attention(transformer)
+    return bool(attention) and all(getattr(a, "causal", False) for a in attention)
 
 
 def open_clip_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from tqdm.auto import tqdm
+
+from clip_lora_pipeline.core.attention import is_marked_causal
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 
@@ -133,12 +136,55 @@ def length_groups(lengths: Sequence[int], max_groups: int = MAX_LENGTH_GROUPS,
     return [(order[a:b], int(bound)) for a, b, bound in zip(starts, ends, best_cuts) if b > a]
 
 
+@dataclass(frozen=True)
+class TextPlan:
+    """How ``encode_text_trimmed`` groups a fixed batch of prompts (``text_plan``).
+
+    ``groups``: per group, its rows of the batch and the length they are trimmed to;
+    the rows are None where one group holds every prompt in order. ``restore`` puts the
+    concatenated groups back in prompt order (None with one group). ``size``: prompts.
+    """
+
+    groups: tuple[tuple[torch.Tensor | None, int], ...]
+    restore: torch.Tensor | None
+    size: int
+
+    def to(self, device: torch.device | str) -> TextPlan:
+        """The plan with its index tensors on ``device``, where the tokens will be."""
+        def move(index: torch.Tensor | None) -> torch.Tensor | None:
+            return None if index is None else index.to(device)
+        return TextPlan(tuple((move(rows), n) for rows, n in self.groups),
+                        move(self.restore), self.size)
+
+
+def text_plan(model: torch.nn.Module, tokens: torch.Tensor) -> TextPlan:
+    """The length groups of ``tokens`` for ``encode_text_trimmed(..., plan=)``.
+
+    Reads the tokens on the host: compute it once, from CPU tokens, for prompts that are
+    encoded again and again (the class prompts of every training step), and move it
+    with ``.to(device)``. Models that take the full path get a plan without groups.
+    """
+    if not can_trim(model):
+        return TextPlan((), None, len(tokens))
+    groups = length_groups(end_of_text_lengths(model, tokens).tolist())
+    if len(groups) == 1:
+        return TextPlan(((None, groups[0][1]),), None, len(tokens))
+    order = np.concatenate([indices for indices, _ in groups])
+    return TextPlan(
+        tuple((torch.as_tensor(indices, device=tokens.device), n) for indices, n in groups),
+        torch.as_tensor(np.argsort(order), device=tokens.device),
+        len(tokens),
+    )
+
+
 def _encode_prefix(model: torch.nn.Module, tokens: torch.Tensor, length: int) -> torch.Tensor:
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    # A tower marked causal masks with SDPA's is_causal and would ignore the mask.
+    mask = None if is_marked_causal(model.transformer) else model.attn_mask[:length, :length]
+    x = model.transformer(x, attn_mask=mask)
     x = model.ln_final(x)
     x = open_clip.transformer.text_global_pool(
         x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
@@ -150,7 +196,8 @@ def _encode_prefix(model: torch.nn.Module, tokens: torch.Tensor, length: int) ->
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor,
-                        normalize: bool = False) -> torch.Tensor:
+                        normalize: bool = False, plan: TextPlan | None = None
+                        ) -> torch.Tensor:
     """``model.encode_text`` over only the positions up to each prompt's end.
 
     With a causal mask no position attends to later ones, and the feature is pooled at
@@ -159,18 +206,21 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor,
     longest prompt: 18 positions instead of 77 cut the text tower's cost several-fold,
     and groups save another fifth on class names of mixed length. Models that do not
     qualify (see ``can_trim``) take the full path.
+
+    Without ``plan`` the groups are read from ``tokens``, which waits for the device on
+    a GPU; with ``text_plan(model, tokens)`` made beforehand (ideally already on the
+    tokens' device) the call reads nothing back to the host.
     """
     if not can_trim(model):
         return model.encode_text(tokens, normalize=normalize)
-    groups = length_groups(end_of_text_lengths(model, tokens).tolist())
-    if len(groups) == 1:
-        x = _encode_prefix(model, tokens, groups[0][1])
-    else:
-        order = np.concatenate([indices for indices, _ in groups])
-        index = torch.as_tensor(order, device=tokens.device)
-        parts = [_encode_prefix(model, tokens[torch.as_tensor(i, device=tokens.device)], n)
-                 for i, n in groups]
-        x = torch.cat(parts)[torch.argsort(index)]
+    if plan is None:
+        plan = text_plan(model, tokens)
+    elif plan.size != len(tokens):
+        raise ValueError(f"the plan is for {plan.size} prompts, the tokens hold {len(tokens)}")
+    plan = plan.to(tokens.device)  # no copy where it already is there
+    parts = [_encode_prefix(model, tokens if rows is None else tokens[rows], n)
+             for rows, n in plan.groups]
+    x = parts[0] if plan.restore is None else torch.cat(parts)[plan.restore]
     return F.normalize(x, dim=-1) if normalize else x
 
 
