@@ -365,7 +365,7 @@ def test_evaluate_metrics_and_tables():
 
 
 def test_num_workers_auto_is_zero_on_cpu_and_validated():
-    from clip_lora_pipeline.core.embed import resolve_num_workers
+    from clip_lora_pipeline.core.runtime import resolve_num_workers
 
     assert resolve_num_workers("auto", torch.device("cpu")) == 0
     assert resolve_num_workers("auto", torch.device("cuda")) >= 1

@@ -11,20 +11,22 @@ lr 5e-3 and 80 steps. The code path is the same.
 from __future__ import annotations
 
 import contextlib
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from clip_lora_pipeline.core import train as train_module
 from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
+from clip_lora_pipeline.core.runtime import RuntimeSettings
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
-from clip_lora_pipeline.core.train import TrainingError, TrainingLoop
+from clip_lora_pipeline.core.train import TrainingError, TrainingLoop, training_loss
+from clip_lora_pipeline.core.train_inputs import TrainingBatches
 from tests.core.tiny import assert_close
 
 FAST_LORA = {"r": 4, "alpha": 8, "dropout": 0.1}
@@ -64,36 +66,34 @@ def _fit(adapted, shapes, **kwargs):
 
 
 @contextlib.contextmanager
-def _batch_sizes():
-    """The size of every batch the trainer loads, in order."""
-    real, sizes = train_module._load_images, []
+def _on_batch(call):
+    """``call(step, labels)`` before the loop takes each batch."""
+    real = TrainingBatches.steps
 
-    def load(paths, indices, transform, seed, current):
-        sizes.append(len(indices))
-        return real(paths, indices, transform, seed, current)
+    def steps(self, start, stop):
+        for step, images, labels in real(self, start, stop):
+            call(step, labels)
+            yield step, images, labels
 
-    train_module._load_images = load
-    try:
-        yield sizes
-    finally:
-        train_module._load_images = real
+    with mock.patch.object(TrainingBatches, "steps", steps):
+        yield
 
 
 @contextlib.contextmanager
+def _batch_sizes():
+    """The size of every batch the trainer takes, in order."""
+    sizes = []
+    with _on_batch(lambda step, labels: sizes.append(len(labels))):
+        yield sizes
+
+
 def _interrupted_at(step: int):
     """Ctrl-C while step ``step`` loads its batch (after the checkpoint at step 40/20)."""
-    real = train_module._load_images
-
-    def load(paths, indices, transform, seed, current):
+    def interrupt(current, labels):
         if current + 1 == step:
             raise KeyboardInterrupt
-        return real(paths, indices, transform, seed, current)
 
-    train_module._load_images = load
-    try:
-        yield
-    finally:
-        train_module._load_images = real
+    return _on_batch(interrupt)
 
 
 def _val_accuracy(adapted, shapes) -> float:
@@ -322,13 +322,66 @@ def test_a_checkpoint_loads_onto_the_cpu_whatever_device_wrote_it(shapes, tmp_pa
 
 
 @pytest.mark.parametrize("head", ["text", "linear"])
-def test_logits_are_fp32_under_bf16_autocast(shapes, head):
-    adapted = _adapted(shapes, head=head).train()
-    images = torch.randn(2, 3, 32, 32)
+def test_logits_and_loss_are_fp32_under_bf16_autocast(shapes, head):
+    adapted = _adapted(shapes, head=head, text_alignment_weight=0.5).train()
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, _ = adapted(images)
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+        loss, _ = training_loss(adapted, images, labels)
     assert logits.dtype == torch.float32 and loss.dtype == torch.float32
+    bf16 = _adapted(shapes, head=head, text_alignment_weight=0.5, dtype=torch.bfloat16).train()
+    loss, correct = training_loss(bf16, images, labels)  # the loop's own autocast
+    assert loss.dtype == torch.float32 and correct.dtype == torch.int64
+
+
+@pytest.mark.parametrize(("head", "lora"), [
+    ("text", FAST_LORA),  # the text tower trains: it runs every step
+    ("linear", {**FAST_LORA, "encoders": "vision"}),  # frozen text, alignment logits
+])
+def test_the_training_forward_reads_nothing_back_from_the_device(shapes, head, lora):
+    """On the ``meta`` device tensors have shapes but no values: any host read in the
+    forward or the loss (``.tolist()``, ``.item()``, ``int(tensor)``) raises."""
+    adapted = _adapted(shapes, head=head, lora=lora, text_alignment_weight=0.5).train()
+    adapted.to("meta")
+    images = torch.empty(4, 3, 32, 32, device="meta")
+    labels = torch.empty(4, dtype=torch.long, device="meta")
+    loss, correct = training_loss(adapted, images, labels)
+    assert loss.device.type == correct.device.type == "meta" and loss.shape == ()
+
+
+@pytest.mark.parametrize(("first", "then"), [(torch.float32, torch.float16),
+                                             (torch.float16, torch.float32),
+                                             (torch.bfloat16, torch.float16)])
+def test_a_checkpoint_of_another_precision_resumes_without_raising(shapes, tmp_path, first,
+                                                                   then):
+    """The scaler's state exists only under fp16: an fp32 checkpoint resumed under fp16
+    raised "source state dict is empty". The node gives each precision its own folder;
+    the loop itself resumes across precisions, with a fresh scaler where it has none."""
+    with pytest.raises(KeyboardInterrupt), _interrupted_at(25):
+        _fit(_adapted(shapes, dtype=first, max_steps=30), shapes, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "last" / "state.pt", weights_only=True)
+    state["rng"]["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as a GPU run writes it
+    torch.save(state, tmp_path / "last" / "state.pt")
+    result = _fit(_adapted(shapes, dtype=then, max_steps=30), shapes, checkpoint_dir=tmp_path)
+    assert result.steps_done == 30 and np.isfinite(result.history["loss"]).all()
+    assert result.history["step"].tolist() == list(range(1, 31))
+
+
+def test_runtime_deterministic_sets_the_flag_for_the_run_only(shapes, monkeypatch):
+    seen = []
+    real = TrainingLoop._step
+
+    def step(self, images, labels):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real(self, images, labels)
+
+    monkeypatch.setattr(TrainingLoop, "_step", step)
+    baseline = _fit(_adapted(shapes, max_steps=6), shapes)
+    strict = _fit(_adapted(shapes, max_steps=6), shapes,
+                  runtime=RuntimeSettings(deterministic=True))
+    assert seen == [False] * 6 + [True] * 6
+    assert not torch.are_deterministic_algorithms_enabled()
+    np.testing.assert_array_equal(strict.history["loss"], baseline.history["loss"])
 
 
 def test_the_linear_head_without_alignment_never_runs_the_text_tower(shapes, monkeypatch):

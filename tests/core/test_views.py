@@ -8,16 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_lora_pipeline.core.augment import crop_params, sample_seed
 from clip_lora_pipeline.core.embed import embeddings_matrix
 from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.models import TINY_MODEL, ModelSpec, load_model
-from clip_lora_pipeline.core.train import train_transform
 from clip_lora_pipeline.core.views import (
     ViewsError,
     ViewSettings,
-    crop_params,
     encode_views,
-    view_seed,
     views_array,
     views_table,
 )
@@ -83,16 +81,21 @@ def test_seeds_views_and_duplicate_rows_differ(tiny, images):
     assert not np.allclose(views[0], views[4], rtol=1e-3, atol=1e-4)
 
 
-def test_view_is_train_transform_with_that_views_generator(tiny, images):
-    """A view is exactly ``train_transform`` (RandomResizedCrop + flip + normalise) run
-    on the global RNG seeded with ``view_seed``, encoded on its own."""
+def test_view_is_torchvisions_recipe_with_that_views_generator(tiny, images):
+    """A view is exactly torchvision's RandomResizedCrop + flip + normalise run on the
+    global RNG seeded with ``sample_seed``, encoded on its own."""
+    from torchvision import transforms as T
+
     root, manifest = images
     cfg = tiny.model.visual.preprocess_cfg
     views = _encode(tiny, images, crop_scale=(0.5, 1.0), seed=7)
-    transform = train_transform(cfg["size"][0], cfg["mean"], cfg["std"], (0.5, 1.0))
+    transform = T.Compose([
+        T.RandomResizedCrop(cfg["size"][0], scale=(0.5, 1.0),
+                            interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
     for row, view in [(0, 0), (1, 3), (3, 2), (4, 1)]:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(7, row, view))
+            torch.manual_seed(sample_seed(7, row, view))
             pixels = transform(load_rgb(root / manifest["path"][row]))
         with torch.no_grad():
             expected = F.normalize(tiny.model.encode_image(pixels[None]).float(), dim=-1)

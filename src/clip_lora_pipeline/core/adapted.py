@@ -6,10 +6,11 @@ merged for the export. It holds no optimiser: predicting builds none."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,11 +20,16 @@ from clip_lora_pipeline.core.adaptation_settings import (
     adaptation_settings,
 )
 from clip_lora_pipeline.core.backbone import check_names
-from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.embed import image_loader
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import LoadedModel, load_model
-from clip_lora_pipeline.core.prompts import encode_text_trimmed
-from clip_lora_pipeline.core.runtime import autocast, resolve_device, resolve_precision
+from clip_lora_pipeline.core.prompts import encode_text_trimmed, text_plan
+from clip_lora_pipeline.core.runtime import (
+    autocast,
+    no_autocast,
+    resolve_device,
+    resolve_precision,
+)
 
 LOGIT_SCALE = 100.0  # CLIP-LoRA: logits = 100 x cosine
 # The stored adapter's layout. 2: tensors named by the method (peft's adapter state dict
@@ -56,6 +62,8 @@ class AdaptedClip(nn.Module):
         self.backbone = settings.method.attach(loaded.model, settings.method_settings)
         tokens = loaded.tokenizer([settings.train.template.format(c) for c in self.class_names])
         self.register_buffer("class_tokens", tokens.to(self.device), persistent=False)
+        # Grouped by length once, from the CPU tokens: no host read in a training step.
+        self._text_plan = text_plan(self.clip, tokens).to(self.device)
         # A frozen text tower gives the same class embeddings every step: computed once.
         self.text_trains = any(p.requires_grad for n, p in self.clip.named_parameters()
                                if not n.startswith("visual."))
@@ -122,13 +130,16 @@ class AdaptedClip(nn.Module):
             linear.bias.zero_()
         return linear
 
+    def _encode_classes(self) -> torch.Tensor:
+        text = encode_text_trimmed(self.clip, self.class_tokens, plan=self._text_plan)
+        return F.normalize(text.float(), dim=-1)
+
     def text_features(self) -> torch.Tensor:
         if self.text_trains:
-            return F.normalize(encode_text_trimmed(self.clip, self.class_tokens).float(), dim=-1)
+            return self._encode_classes()
         if self._frozen_text is None:
             with torch.no_grad():
-                self._frozen_text = F.normalize(
-                    encode_text_trimmed(self.clip, self.class_tokens).float(), dim=-1)
+                self._frozen_text = self._encode_classes()
         return self._frozen_text
 
     def forward(self, images: torch.Tensor, text: torch.Tensor | None = None
@@ -143,7 +154,7 @@ class AdaptedClip(nn.Module):
             text = None  # the linear head alone: the text tower's output would go unused
         elif text is None:
             text = self.text_features()
-        with torch.autocast(features.device.type, enabled=False):
+        with no_autocast(features.device):
             text_logits = None if text is None else LOGIT_SCALE * features @ text.float().T
             if self.linear is None:
                 return text_logits, None
@@ -170,18 +181,25 @@ class AdaptedClip(nn.Module):
     def logits(self, images: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """Head logits of preprocessed images, as evaluation computes them."""
         with self._inference():
-            return self(images.to(self.device), text)[0].float()
+            return self(images.to(self.device, non_blocking=True), text)[0].float()
 
-    def predict(self, paths: Sequence[str], transform, batch_size: int = 64) -> np.ndarray:
-        """Head logits for image files, in order. Memory stays that of one batch however
-        many images, and the class embeddings are computed once."""
+    def predict(self, paths: Sequence[str], transform, batch_size: int = 64,
+                num_workers: int = 0) -> np.ndarray:
+        """Head logits for image files, in order, decoded by ``num_workers`` loader
+        processes (0: by threads here, between batches). Memory stays that of one batch
+        however many images, and the class embeddings are computed once."""
+        loader = image_loader(pd.DataFrame({"path": list(paths)}), "", transform,
+                              self.device, batch_size, num_workers)
+        return self.predict_batches(batch for batch, _ in loader)
+
+    def predict_batches(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
+        """Head logits for batches of preprocessed images, concatenated."""
         out = []
         with self._inference():
             text = self.text_features() if self.linear is None else None
-            for start in range(0, len(paths), batch_size):
-                batch = [transform(load_rgb(p)) for p in paths[start:start + batch_size]]
-                out.append(self.logits(torch.stack(batch), text).cpu())
-        return torch.cat(out).numpy()
+            for batch in batches:
+                out.append(self.logits(batch.to(self.device, non_blocking=True), text))
+        return torch.cat(out).cpu().numpy()
 
     # What is stored -----------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:

@@ -17,11 +17,21 @@ from safetensors.torch import load_file, save_file
 from clip_lora_pipeline.core.atomic import atomic_dir, settled_dir
 
 
-def rng_state() -> dict[str, torch.Tensor]:
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators training draws from: the CPU's, and the training GPU's (LoRA's
+    dropout on a GPU draws there)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+def restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Put back ``rng_state``'s generators. A checkpoint from another device type has
+    no state for this one's: its generator keeps its seed (the run still goes on)."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @dataclass

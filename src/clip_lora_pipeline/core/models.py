@@ -9,6 +9,7 @@ import os
 import socket
 from dataclasses import dataclass
 from difflib import get_close_matches
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -17,7 +18,10 @@ import open_clip
 import torch
 from torch import nn
 
-from clip_lora_pipeline.core.attention import unfuse_attention
+from clip_lora_pipeline.core.attention import (
+    mark_causal_text_attention,
+    unfuse_attention,
+)
 from clip_lora_pipeline.core.model_id import (
     ModelError,
     ModelSpec,
@@ -121,7 +125,9 @@ def load_model(
     With ``unfused_attention`` (the default) every ``nn.MultiheadAttention`` is replaced
     by the numerically equivalent ``core.attention.UnfusedMultiheadAttention``: LoRA
     needs the separate projections, and on CPU its SDPA path also encoded ViT-B-32
-    about 9% faster than the fused fast path (benchmarks/README.md). With
+    about 9% faster than the fused fast path (benchmarks/README.md). Where the text
+    tower's mask is open_clip's causal one, its modules then attend with SDPA's
+    ``is_causal`` (``mark_causal_text_attention``), so GPUs can use flash attention. With
     ``pooled_token_only`` (the default) the vision tower's last block computes the class
     token alone (``core.pooled_block.PooledTokenBlock``): image embeddings are unchanged;
     the tower's per-token outputs of that block (``output_tokens``,
@@ -159,6 +165,7 @@ def load_model(
     model.eval()
     if unfused_attention:
         unfuse_attention(model)
+        mark_causal_text_attention(model)
     if pooled_token_only:
         compute_pooled_token_only(model)
     return LoadedModel(
@@ -168,3 +175,22 @@ def load_model(
         spec=spec,
         device=device,
     )
+
+
+@lru_cache(maxsize=1)
+def _shared(spec: ModelSpec, device: str) -> LoadedModel:
+    return load_model(spec, device)
+
+
+def shared_model(spec: ModelSpec, device: torch.device | str) -> LoadedModel:
+    """One frozen model for the many encoding and zero-shot nodes of a run, loaded once
+    per process. Never change it: training loads its own (``load_model``)."""
+    return _shared(spec, str(device))
+
+
+def release_shared_model() -> None:
+    """Drop the shared model, and on a GPU the cached memory it held: a training node
+    needs neither, and its peak memory should be its own."""
+    _shared.cache_clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

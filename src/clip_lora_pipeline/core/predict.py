@@ -26,7 +26,12 @@ from clip_lora_pipeline.core.methods.registry import from_artifact
 from clip_lora_pipeline.core.metrics import ranked_classes
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import load_model
-from clip_lora_pipeline.core.runtime import resolve_device, resolve_precision
+from clip_lora_pipeline.core.runtime import (
+    RuntimeSettings,
+    resolve_device,
+    resolve_num_workers,
+    resolve_precision,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +213,9 @@ def logits_from_adapter(
         return np.empty((0, len(classes)), dtype=np.float32), classes
     adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
     paths = [str(Path(root) / p) for p in images["path"]]
-    logits = adapted.predict(paths, adapted.preprocess, batch_size=runtime.get("batch_size", 64))
+    settings = RuntimeSettings.from_params(runtime)
+    logits = adapted.predict(paths, adapted.preprocess, settings.batch_size,
+                             resolve_num_workers(settings.num_workers, adapted.device))
     return logits, classes
 
 

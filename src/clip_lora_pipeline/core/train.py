@@ -3,8 +3,11 @@ tensors, a cosine schedule, a gradient scaler under fp16, validation every N ste
 a checkpoint (``core.checkpoints``) every N steps.
 
 Deterministic on CPU for a seed; an interrupted run resumes from its last checkpoint to
-the same result as an uninterrupted one. Batches come from ``core.batches`` (shuffled
-epochs, partial last batch).
+the same result as an uninterrupted one. Batches come from ``core.train_inputs``
+(shuffled epochs with a partial last batch, each sample augmented from its own seed).
+Nothing in a step reads a value back from the GPU: the step's loss and accuracy stay on
+the device until the loop needs them (``StepLog``). An fp16 run's gradient scaler still
+checks for infinite gradients once per step, as ``GradScaler`` does.
 """
 
 from __future__ import annotations
@@ -18,23 +21,35 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.adapted import AdaptedClip
+from clip_lora_pipeline.core.augment import Augmentation
 from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
 from clip_lora_pipeline.core.checkpoints import (
     Checkpoint,
     CheckpointStore,
     Progress,
+    restore_rng,
     rng_state,
 )
-from clip_lora_pipeline.core.images import load_rgb
-from clip_lora_pipeline.core.runtime import PeakMemory, autocast, tune_cpu_allocator
+from clip_lora_pipeline.core.runtime import (
+    PeakMemory,
+    RuntimeSettings,
+    autocast,
+    deterministic_algorithms,
+    no_autocast,
+    resolve_num_workers,
+    tune_cpu_allocator,
+)
+from clip_lora_pipeline.core.train_inputs import (
+    InputSettings,
+    TrainingBatches,
+    Validation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,26 +73,49 @@ class TrainResult:
     selected_step: int
 
 
-def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
-                    crop_scale: tuple[float, float]) -> T.Compose:
-    return T.Compose([
-        T.RandomResizedCrop(image_size, scale=crop_scale,
-                            interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+def training_loss(adapted: AdaptedClip, images: torch.Tensor, labels: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's mean loss and its count of correct predictions, both left on the
+    device: nothing here reads a value back to the host (a test runs it on ``meta``).
+    The model runs under autocast; the loss in fp32 with autocast off."""
+    weight = adapted.settings.train.text_alignment_weight
+    with autocast(adapted.device, adapted.dtype):
+        logits, align = adapted(images)
+    with no_autocast(adapted.device):
+        loss = F.cross_entropy(logits.float(), labels)
+        if align is not None and weight > 0:
+            loss = loss + weight * F.cross_entropy(align.float(), labels)
+    return loss, (logits.argmax(1) == labels).sum()
 
 
-def _load_images(paths: Sequence[str], indices: np.ndarray, transform, seed: int, step: int):
-    # Each sample's augmentation draws from its own generator, so the batch is the same
-    # whether the run was interrupted or not, and whatever else used the global RNG.
-    images = []
-    for slot, index in enumerate(indices):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((seed, step, slot, int(index))) % (2**63))
-            images.append(transform(load_rgb(paths[index])))
-    return torch.stack(images)
+class StepLog:
+    """Each step's loss and correct count, kept on the device until the loop needs them
+    (a validation, a checkpoint, the progress bar every ``LOG_EVERY`` steps), then read
+    back in one transfer: reading them every step would make the host wait for the GPU
+    to finish the step before it can queue the next."""
+
+    def __init__(self, history: list[dict[str, Any]]):
+        self.history = history
+        self.pending: list[tuple[dict[str, Any], torch.Tensor, int]] = []
+
+    def add(self, record: dict[str, Any], loss: torch.Tensor, correct: torch.Tensor,
+            size: int) -> None:
+        self.pending.append((record, torch.stack([loss.detach().float(), correct.float()]),
+                             size))
+
+    def flush(self) -> dict[str, Any] | None:
+        """Complete and append the pending records; returns the last one."""
+        if not self.pending:
+            return self.history[-1] if self.history else None
+        values = torch.stack([v for _, v, _ in self.pending]).cpu().tolist()
+        for (record, _, size), (loss, correct) in zip(self.pending, values):
+            record.update(loss=loss, train_accuracy=correct / size)
+            self.history.append(record)
+        self.pending = []
+        return self.history[-1]
+
+
+LOG_EVERY = 10
 
 
 class TrainingLoop:
@@ -94,8 +132,8 @@ class TrainingLoop:
         self.scaler = torch.amp.GradScaler(adapted.device.type,
                                            enabled=adapted.dtype == torch.float16)
         cfg = adapted.clip.visual.preprocess_cfg
-        self.transform = train_transform(cfg["size"][0], cfg["mean"], cfg["std"],
-                                         self.settings.crop_scale)
+        self.augmentation = Augmentation(cfg["size"][0], self.settings.crop_scale,
+                                         tuple(cfg["mean"]), tuple(cfg["std"]))
 
     def _settings_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self.settings)))
@@ -117,88 +155,97 @@ class TrainingLoop:
         state = saved.state
         self.optimizer.load_state_dict(state.pop("optimizer"))
         scheduler.load_state_dict(state.pop("scheduler"))
-        self.scaler.load_state_dict(state.pop("scaler"))
-        rng = state.pop("rng")
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():  # LoRA's dropout on a GPU draws here
-            torch.cuda.set_rng_state(rng["cuda"])
+        scaler = state.pop("scaler")
+        if scaler:  # only fp16 runs have one; a run in another precision starts its own
+            self.scaler.load_state_dict(scaler)
+        restore_rng(state.pop("rng"), self.adapted.device)
         logger.info("resuming from %s at step %d", store.folder, state["step"])
         return Progress(best=saved.best, **state)
 
-    def _step(self, paths: Sequence[str], labels: torch.Tensor, indices: np.ndarray,
-              step: int) -> tuple[float, int]:
-        """One optimizer step on a batch; returns its mean loss and correct count."""
-        s, device = self.settings, self.adapted.device
-        images = _load_images(paths, indices, self.transform, s.seed, step)
-        if device.type == "cuda":
-            images = images.pin_memory()
-        targets = labels[indices]
+    def _step(self, images: torch.Tensor, labels: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch; its mean loss and correct count, on the device."""
+        s = self.settings
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, correct = 0.0, 0
-        for chunk, share in micro_batches(len(indices), s.batch_size // s.grad_accumulation):
-            x = images[chunk].to(device, non_blocking=True)
-            y = targets[chunk].to(device)
-            with autocast(device, self.adapted.dtype):
-                logits, align = self.adapted(x)
-                loss = F.cross_entropy(logits.float(), y)
-                if align is not None and s.text_alignment_weight > 0:
-                    loss = loss + s.text_alignment_weight * F.cross_entropy(align.float(), y)
+        loss_sum, correct = torch.zeros((), device=labels.device), 0
+        for chunk, share in micro_batches(len(labels), s.batch_size // s.grad_accumulation):
+            loss, hits = training_loss(self.adapted, images[chunk], labels[chunk])
             self.scaler.scale(loss * share).backward()
-            loss_sum += float(loss.detach()) * share
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum, correct = loss_sum + loss.detach() * share, correct + hits
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss_sum, correct
 
     def _checkpoint(self, store: CheckpointStore, run: Progress, scheduler) -> None:
-        state = {"optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+        state = {"optimizer": self.optimizer.state_dict(),
+                 "rng": rng_state(self.adapted.device),
                  "scheduler": scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  **run.state()}
         store.save(Checkpoint(self.adapted.state(), run.best, state), self._settings_json())
 
     def fit(self, train_paths: Sequence[str], train_labels: Sequence[int],
             val_paths: Sequence[str], val_labels: Sequence[int], eval_transform,
-            total_steps: int, checkpoint_dir: Path | None = None) -> TrainResult:
+            total_steps: int, checkpoint_dir: Path | None = None,
+            runtime: RuntimeSettings | None = None) -> TrainResult:
         """Train for ``total_steps`` optimizer steps and keep the state ``select`` names.
         With ``checkpoint_dir``, a run that was interrupted resumes from its last
-        checkpoint there."""
-        if self.adapted.device.type == "cpu":
+        checkpoint there. ``runtime``: loader workers, the pixel cache's size, and
+        whether GPU kernels must be deterministic."""
+        runtime = runtime or RuntimeSettings()
+        device, s = self.adapted.device, self.settings
+        if device.type == "cpu":
             tune_cpu_allocator()
-        memory = PeakMemory(self.adapted.device).start()
-        s = self.settings
-        labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
-        val_y = np.asarray(val_labels)
-        batches = EpochBatches(len(train_paths), s.batch_size, s.seed)
+        memory = PeakMemory(device).start()
+        workers = resolve_num_workers(runtime.num_workers, device)
+        inputs = TrainingBatches(
+            train_paths, train_labels, self.augmentation,
+            EpochBatches(len(train_paths), s.batch_size, s.seed), device,
+            InputSettings(workers, runtime.pixel_cache_mb))
+        val = Validation(self.adapted, val_paths, val_labels, eval_transform,
+                         workers, runtime.pixel_cache_mb)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=total_steps, eta_min=s.min_lr)
         store = CheckpointStore(checkpoint_dir / "last") if checkpoint_dir else None
         run = self._resume(store, scheduler)
-        start = time.perf_counter() - run.elapsed
-        self.adapted.train()
-        bar = tqdm(total=total_steps, initial=run.step, desc=f"Training {s.method}", unit="step")
-        while run.step < total_steps and not run.stopped_early:
-            indices = batches.indices(run.step)
-            loss, correct = self._step(train_paths, labels, indices, run.step)
-            scheduler.step()
-            run.step += 1
-            record = {"step": run.step, "loss": loss, "train_accuracy": correct / len(indices),
-                      "lr": scheduler.get_last_lr()[0], "val_accuracy": math.nan}
-            if s.eval_every and (run.step % s.eval_every == 0 or run.step == total_steps):
-                logits = self.adapted.predict(val_paths, eval_transform)
-                record["val_accuracy"] = float((logits.argmax(1) == val_y).mean())
-                run.observe(record["val_accuracy"], self.adapted.state, s.patience)
-            run.history.append(record)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{record['train_accuracy']:.2f}")
-            bar.update(1)
-            done = run.stopped_early or run.step == total_steps
-            if store is not None and (run.step % s.checkpoint_every == 0 or done):
-                run.elapsed = time.perf_counter() - start
-                self._checkpoint(store, run, scheduler)
-        bar.close()
+        with deterministic_algorithms(runtime.deterministic):
+            seconds = self._run(run, inputs, val, scheduler, store, total_steps)
         self.adapted.eval()
         if s.select == "best_val":
             self.adapted.load_state(run.best)
-        return self._result(run, time.perf_counter() - start, memory)
+        return self._result(run, seconds, memory)
+
+    def _run(self, run: Progress, inputs: TrainingBatches, val: Validation, scheduler,
+             store: CheckpointStore | None, total_steps: int) -> float:
+        s, log = self.settings, StepLog(run.history)
+        start = time.perf_counter() - run.elapsed
+        self.adapted.train()
+        bar = tqdm(total=total_steps, initial=run.step, desc=f"Training {s.method}", unit="step")
+        for step, images, labels in inputs.steps(run.step, total_steps):
+            loss, correct = self._step(images, labels)
+            scheduler.step()
+            run.step = step + 1
+            log.add({"step": run.step, "loss": math.nan, "train_accuracy": math.nan,
+                     "lr": scheduler.get_last_lr()[0], "val_accuracy": math.nan},
+                    loss, correct, len(labels))
+            done = run.step == total_steps
+            evaluating = bool(s.eval_every) and (run.step % s.eval_every == 0 or done)
+            if evaluating:
+                log.flush()["val_accuracy"] = accuracy = val.accuracy()
+                run.observe(accuracy, self.adapted.state, s.patience)
+            done = done or run.stopped_early
+            saving = store is not None and (run.step % s.checkpoint_every == 0 or done)
+            if saving or evaluating or run.step % LOG_EVERY == 0:
+                last = log.flush()
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['train_accuracy']:.2f}")
+            bar.update(1)
+            if saving:
+                run.elapsed = time.perf_counter() - start
+                self._checkpoint(store, run, scheduler)
+            if run.stopped_early:
+                break
+        log.flush()
+        bar.close()
+        return time.perf_counter() - start
 
     def _result(self, run: Progress, seconds: float, memory: PeakMemory) -> TrainResult:
         best_val = self.settings.select == "best_val"

@@ -10,7 +10,6 @@ nodes running in other threads are not disturbed either). Duplicate rows of one 
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +26,10 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core import settings
+from clip_lora_pipeline.core.augment import crop_params, sample_seed
 from clip_lora_pipeline.core.embed import BatchToTensorNormalize
 from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator, usable_cpus
-
-CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default, as Tip-Adapter uses
 
 
 class ViewsError(ValueError):
@@ -61,41 +59,6 @@ class ViewSettings:
         return settings.from_params(cls, params, "augmented_views", ViewsError)
 
 
-def view_seed(seed: int, row: int, view: int) -> int:
-    """The seed of one view's generator. SeedSequence mixes the three numbers so that
-    nearby (seed, row, view) give unrelated streams, the same on every platform (unlike
-    ``hash``, whose width depends on the build)."""
-    return int(np.random.SeedSequence((seed, row, view)).generate_state(1, np.uint64)[0])
-
-
-def crop_params(width: int, height: int, scale: tuple[float, float],
-                generator: torch.Generator) -> tuple[int, int, int, int]:
-    """``T.RandomResizedCrop.get_params`` drawing from ``generator``: the same draws in
-    the same order, so a generator seeded like the global RNG gives torchvision's crop.
-    torchvision's own function has no generator argument and the global RNG is shared
-    by every thread, hence this copy."""
-    area = height * width
-    log_ratio = torch.log(torch.tensor(CROP_RATIO))  # float32, as torchvision computes it
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect = torch.exp(torch.empty(1).uniform_(
-            float(log_ratio[0]), float(log_ratio[1]), generator=generator)).item()
-        w = round(math.sqrt(target_area * aspect))
-        h = round(math.sqrt(target_area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            i = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-            j = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-            return i, j, h, w
-    in_ratio = width / height  # torchvision's fallback: the central crop
-    if in_ratio < min(CROP_RATIO):
-        w, h = width, round(width / min(CROP_RATIO))
-    elif in_ratio > max(CROP_RATIO):
-        w, h = round(height * max(CROP_RATIO)), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 def _preprocess_spec(preprocess: Mapping[str, Any] | Sequence) -> tuple[list[int], T.Normalize]:
     """(output size [h, w], normalisation) from open_clip's ``model.visual.preprocess_cfg``
     or an (image_size, mean, std) tuple."""
@@ -114,7 +77,7 @@ def _image_views(path: str, row: int, size: list[int], settings: ViewSettings,
     image = load_rgb(path)
     out = np.empty((settings.n_views, size[0], size[1], 3), dtype=np.uint8)
     for view in range(settings.n_views):
-        generator = torch.Generator().manual_seed(view_seed(seed, row, view))
+        generator = torch.Generator().manual_seed(sample_seed(seed, row, view))
         i, j, h, w = crop_params(image.width, image.height, settings.crop_scale, generator)
         crop = TF.resized_crop(image, i, j, h, w, size, T.InterpolationMode.BICUBIC,
                                antialias=True)
@@ -164,7 +127,7 @@ def encode_views(
 
     ``preprocess``: ``model.visual.preprocess_cfg`` (size, mean, std) or an
     (image_size, mean, std) tuple. ``batch_size`` views are encoded at once. View
-    ``v`` of row ``r`` is the same for any batch size or thread count (``view_seed``);
+    ``v`` of row ``r`` is the same for any batch size or thread count (``augment.sample_seed``);
     it depends on the row's position, so reordering the manifest changes the views.
     """
     settings = ViewSettings(n_views, tuple(crop_scale))

@@ -67,7 +67,7 @@ def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
         summary = catalog.load(f"{prefix}_summary")
         assert metrics["n_images"] == len(data[4]) and metrics["method"] == method
         assert summary["steps"] == 20 and summary["trainable_parameters"] > 0
-        assert summary["peak_memory_kind"] == "peak RSS during the run"
+        assert summary["peak_memory_kind"] == "peak RSS above the start"
         history = catalog.load(f"{prefix}_history")
         assert len(history) == 20 and history["val_accuracy"].notna().sum() == 2
         adapter = catalog.load(f"{prefix}_adapter")
@@ -105,8 +105,12 @@ def test_evaluation_refuses_an_adapter_of_another_model(tmp_path, data):
 
 
 def test_another_precision_trains_afresh_instead_of_resuming(tmp_path, data):
-    """An fp32 checkpoint cannot resume under bf16 autocast (the scaler and optimiser
-    state differ): the precision is part of the checkpoint folder's identity."""
+    """A run in another precision would not give the same result as the checkpoint's:
+    the precision is part of the checkpoint folder's identity. The encoding nodes'
+    shared model is freed while training."""
+    from clip_lora_pipeline.core import models
+
+    models.shared_model(models.ModelSpec(models.TINY_MODEL), "cpu")
     dataset, manifest, train, val, _ = data
     entry = {**METHODS["bitfit"], "max_steps": 2, "eval_every": None, "checkpoint_every": 1}
     folders = [
@@ -115,3 +119,4 @@ def test_another_precision_trains_afresh_instead_of_resuming(tmp_path, data):
                             str(tmp_path), name="bitfit", seed=1)[2]["checkpoint"]
         for precision in ("fp32", "bf16")]
     assert folders[0] != folders[1]
+    assert models._shared.cache_info().currsize == 0

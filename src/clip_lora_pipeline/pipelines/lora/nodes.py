@@ -17,6 +17,8 @@ from clip_lora_pipeline.core.attention import open_clip_state_dict
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import model_slug, uses_quick_gelu
+from clip_lora_pipeline.core.models import release_shared_model
+from clip_lora_pipeline.core.runtime import RuntimeSettings, resolve_num_workers
 from clip_lora_pipeline.core.train import TrainingLoop
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ def train_adapter(
     depends on, so an interrupted run resumes and a changed one starts afresh.
     """
     settings = adaptation_settings(name, method)
+    run_settings = RuntimeSettings.from_params(runtime)
+    release_shared_model()  # the encoding nodes' model: not needed while this trains
     loaded, dtype = load_clip(model_params, runtime)
     adapted = AdaptedClip.from_settings(loaded, class_table(manifest), settings, seed, dtype)
     identity = json.dumps({
@@ -52,7 +56,7 @@ def train_adapter(
     result = TrainingLoop(adapted).fit(
         _paths(train, dataset), train["label"].tolist(), _paths(val, dataset),
         val["label"].to_numpy(), loaded.preprocess, train_settings.total_steps(shots),
-        checkpoint_dir=folder,
+        checkpoint_dir=folder, runtime=run_settings,
     )
     summary = {
         "method": train_settings.method, "shots": shots, "steps": result.steps_done,
@@ -76,7 +80,9 @@ def evaluate_adapter(
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """The trained model's metrics and tables on the full test split."""
     adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
-    logits = adapted.predict(_paths(test, dataset), adapted.preprocess)
+    settings = RuntimeSettings.from_params(runtime)
+    logits = adapted.predict(_paths(test, dataset), adapted.preprocess, settings.batch_size,
+                             resolve_num_workers(settings.num_workers, adapted.device))
     metrics, per_class, predictions = evaluate(
         logits, test["label"].to_numpy(), adapter["config"]["classes"], test["path"].tolist()
     )

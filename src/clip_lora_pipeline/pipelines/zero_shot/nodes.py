@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,16 @@ from clip_lora_pipeline.core.embed import (
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import ModelSpec
-from clip_lora_pipeline.core.models import LoadedModel, load_model
+from clip_lora_pipeline.core.models import LoadedModel, shared_model
 from clip_lora_pipeline.core.prompts import build_text_classifier, templates_for
 from clip_lora_pipeline.core.runtime import resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=1)
-def _model(spec: ModelSpec, device: str) -> LoadedModel:
-    # Several nodes of one run use the same model; load it once per process.
-    return load_model(spec, device)
-
-
 def loaded_model(model_params: dict[str, Any], runtime: dict[str, Any]) -> LoadedModel:
     device = resolve_device(runtime.get("device", "auto"))
-    return _model(ModelSpec.from_params(model_params), str(device))
+    return shared_model(ModelSpec.from_params(model_params), device)
 
 
 def _encode(manifest: pd.DataFrame, name: str, dataset: dict[str, Any],
