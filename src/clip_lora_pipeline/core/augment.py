@@ -11,8 +11,8 @@ workers, for a resumed run, and for both ways of applying it:
 - on the training device, on uint8 images decoded once (``core.pixel_cache``).
 
 A crop is a view of the uint8 image, resized with torch's antialiased bicubic kernel
-(written to match PIL's, which torchvision's recipe uses); flip and normalisation run
-once per batch. On a CPU both ways give identical batches.
+(written to match PIL's, which torchvision's recipe uses) and flipped; normalisation
+runs once per batch. On a CPU both ways give identical batches.
 """
 
 from __future__ import annotations
@@ -95,28 +95,26 @@ class Augmentation:
         return Draw(*box, flip=bool(torch.rand(1, generator=generator) < 0.5))
 
     def crop(self, image: torch.Tensor, draw: Draw) -> torch.Tensor:
-        """``draw``'s crop of a uint8 3 x H x W image, resized to ``size`` x ``size``."""
+        """``draw``'s crop of a uint8 3 x H x W image, resized to ``size`` x ``size`` and
+        flipped where the draw says so."""
         crop = image[None, :, draw.top:draw.top + draw.height, draw.left:draw.left + draw.width]
         size = (self.size, self.size)
         if crop.device.type == "cpu":  # torch's uint8 kernel, made to match PIL's
-            return F.interpolate(crop, size=size, mode="bicubic", antialias=True,
-                                 align_corners=False)[0]
-        # GPUs have no uint8 kernel: resize in float, then round as a uint8 result would.
-        out = F.interpolate(crop.float(), size=size, mode="bicubic", antialias=True,
-                            align_corners=False)[0]
-        return out.round_().clamp_(0, 255)
+            out = F.interpolate(crop, size=size, mode="bicubic", antialias=True,
+                                align_corners=False)[0]
+        else:  # GPUs have no uint8 kernel: resize in float, round as a uint8 result would
+            out = F.interpolate(crop.float(), size=size, mode="bicubic", antialias=True,
+                                align_corners=False)[0].round_().clamp_(0, 255)
+        return out.flip(-1) if draw.flip else out
 
-    def finish(self, crops: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """Flip (where ``flips``, a bool per crop, is set) and normalise a batch of crops
-        on its device: float32."""
-        device = crops.device
-        crops = torch.where(flips.view(-1, 1, 1, 1), crops.flip(-1), crops)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1).to(device, non_blocking=True)
-        std = torch.tensor(self.std).view(1, -1, 1, 1).to(device, non_blocking=True)
-        return (crops.float() / 255 - mean) / std
+    def finish(self, crops: torch.Tensor) -> torch.Tensor:
+        """Normalise a batch of crops on its device, in one pass: float32."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        scale = (1 / (255 * std)).to(crops.device, non_blocking=True)
+        shift = (-mean / std).to(crops.device, non_blocking=True)
+        return crops.to(torch.float32).mul_(scale).add_(shift)
 
     def batch(self, images: Sequence[torch.Tensor], draws: Sequence[Draw]) -> torch.Tensor:
         """Crop, resize, flip and normalise uint8 images on one device."""
-        crops = torch.stack([self.crop(i, d) for i, d in zip(images, draws)])
-        flips = torch.tensor([d.flip for d in draws]).to(crops.device, non_blocking=True)
-        return self.finish(crops, flips)
+        return self.finish(torch.stack([self.crop(i, d) for i, d in zip(images, draws)]))

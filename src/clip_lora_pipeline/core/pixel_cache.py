@@ -48,7 +48,9 @@ def decode_for_training(path: str, image_size: int) -> torch.Tensor:
     size = stored_size(*image.size, image_size)
     if size != image.size:
         image = image.resize(size, Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+    # A 3 x H x W view of the H x W x 3 pixels: the resize runs about 20% faster on
+    # this channels-last layout than on a contiguous copy (benchmarks/README.md).
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 class PixelCache:

@@ -86,7 +86,7 @@ class StepSampler(Sampler):
 
 
 class AugmentedFiles(Dataset):
-    """Item (step, slot, index): the image's crop (uint8), its label and its flip."""
+    """Item (step, slot, index): the image's crop (uint8, flipped or not) and its label."""
 
     def __init__(self, paths: Sequence[str], labels: np.ndarray, augmentation: Augmentation,
                  seed: int):
@@ -100,7 +100,7 @@ class AugmentedFiles(Dataset):
         step, slot, index = key
         image = decode_for_training(self.paths[index], self.augmentation.size)
         draw = self.augmentation.draw(self.seed, step, slot, image.shape[1], image.shape[2])
-        return self.augmentation.crop(image, draw), int(self.labels[index]), draw.flip
+        return self.augmentation.crop(image, draw), int(self.labels[index])
 
 
 class TrainingBatches:
@@ -141,9 +141,8 @@ class TrainingBatches:
             batch_sampler=StepSampler(self.batches, start, stop), num_workers=workers,
             pin_memory=cuda, prefetch_factor=4 if workers else None,
             generator=torch.Generator())  # its worker seeds would draw from dropout's RNG
-        for step, (crops, labels, flips) in zip(range(start, stop), loader):
-            images = self.augmentation.finish(crops.to(self.device, non_blocking=True),
-                                              flips.to(self.device, non_blocking=True))
+        for step, (crops, labels) in zip(range(start, stop), loader):
+            images = self.augmentation.finish(crops.to(self.device, non_blocking=True))
             yield step, images, labels.to(self.device, non_blocking=True)
 
 
