@@ -188,6 +188,14 @@ def shared_model(spec: ModelSpec, device: torch.device | str) -> LoadedModel:
     return _shared(spec, str(device))
 
 
+def shared_model_for(model_params: dict[str, Any], runtime: dict[str, Any]) -> LoadedModel:
+    """``shared_model`` for the ``model`` and ``runtime`` parameters."""
+    from clip_lora_pipeline.core.runtime import resolve_device
+
+    return shared_model(ModelSpec.from_params(model_params),
+                        resolve_device(runtime.get("device", "auto")))
+
+
 def release_shared_model() -> None:
     """Drop the shared model, and on a GPU the cached memory it held: a training node
     needs neither, and its peak memory should be its own."""

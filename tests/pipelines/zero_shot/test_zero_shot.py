@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import open_clip
 import pandas as pd
@@ -68,12 +70,58 @@ def test_classifier_uses_class_names_in_label_order(data):
     assert classifier["n_templates"].iloc[0] == 80
 
 
+def _same_table(table, expected):
+    columns = ["path", "label", "class_name"]
+    assert table[columns].equals(expected[columns].reset_index(drop=True))
+    np.testing.assert_allclose(np.stack(table["embedding"]), np.stack(expected["embedding"]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_embedding_store_encodes_each_image_content_once(data, tmp_path, monkeypatch):
+    dataset, _, train_pool, val_pool, test = data
+    store = str(tmp_path / "store")
+    plain = nodes.encode_test(test, dataset, MODEL, RUNTIME)
+    encoded = []
+    encode_images = nodes.encode_images
+
+    def counting(model, manifest, *args, **kwargs):
+        encoded.extend(manifest["path"])
+        return encode_images(model, manifest, *args, **kwargs)
+
+    monkeypatch.setattr(nodes, "encode_images", counting)
+    _same_table(nodes.encode_test(test, dataset, MODEL, RUNTIME, store), plain)
+    assert sorted(encoded) == sorted(test["path"])
+    encoded.clear()
+    _same_table(nodes.encode_test(test, dataset, MODEL, RUNTIME, store), plain)
+    assert encoded == []
+
+    # The dataset moved, with a copy of a test image added: all read back by content.
+    moved = tmp_path / "moved"
+    shutil.copytree(dataset["root"], moved)
+    shutil.copy(moved / test["path"].iloc[0], moved / "copy.png")
+    dataset = {**dataset, "root": str(moved)}
+    duplicate = test.iloc[:1].assign(path="copy.png")
+    train, val = train_pool.iloc[:6], pd.concat([val_pool.iloc[:3], duplicate])
+    expected = nodes.encode_few_shot(train, val, dataset, MODEL, RUNTIME)
+    encoded.clear()
+    tables = nodes.encode_few_shot(train, val, dataset, MODEL, RUNTIME, store)
+    assert sorted(encoded) == sorted([*train["path"], *val_pool["path"].iloc[:3]])
+    for table, reference in zip(tables, expected, strict=True):
+        _same_table(table, reference)
+    # Another sample from the same pools: only its images not drawn before.
+    encoded.clear()
+    nodes.encode_few_shot(train_pool.iloc[3:9], val_pool.iloc[:3], dataset, MODEL,
+                          RUNTIME, store)
+    assert sorted(encoded) == sorted(train_pool["path"].iloc[6:9])
+
+
 def _catalog(workdir, dataset, manifest, train, val, test):
     entries = {
         "params:dataset_configs.shapes": MemoryDataset(dataset),
         "params:model": MemoryDataset(MODEL),
         "params:runtime": MemoryDataset(RUNTIME),
         "params:prompt_sets.simple": MemoryDataset("simple"),
+        "params:embedding_store": MemoryDataset(str(workdir / "store")),
     }
     for name, frame in (("manifest", manifest), ("train", train), ("val", val), ("test", test)):
         entries[f"shapes.{name}"] = MemoryDataset(frame)

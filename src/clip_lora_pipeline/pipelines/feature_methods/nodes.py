@@ -18,8 +18,8 @@ from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.methods.base import FeatureSet
 from clip_lora_pipeline.core.methods.registry import get_feature_method, to_artifact
 from clip_lora_pipeline.core.metrics import evaluate
+from clip_lora_pipeline.core.models import shared_model_for
 from clip_lora_pipeline.core.runtime import PeakMemory, resolve_precision
-from clip_lora_pipeline.pipelines.zero_shot.nodes import loaded_model
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def encode_views(
     """Augmented views of every training image of the cell (one row per image and
     view), encoded once per model and cell for every method that trains on them."""
     settings = views.ViewSettings.from_params(settings_params or {})
-    loaded = loaded_model(model_params, runtime)
+    loaded = shared_model_for(model_params, runtime)
     array = views.encode_views(
         loaded.model, train, Path(dataset["root"]), loaded.model.visual.preprocess_cfg,
         loaded.device, n_views=settings.n_views, crop_scale=settings.crop_scale, seed=seed,

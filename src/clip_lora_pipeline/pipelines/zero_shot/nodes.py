@@ -17,47 +17,72 @@ from clip_lora_pipeline.core.embed import (
 )
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
-from clip_lora_pipeline.core.model_id import ModelSpec
-from clip_lora_pipeline.core.models import LoadedModel, shared_model
+from clip_lora_pipeline.core.model_id import model_slug
+from clip_lora_pipeline.core.models import shared_model_for
 from clip_lora_pipeline.core.prompts import build_text_classifier, templates_for
-from clip_lora_pipeline.core.runtime import resolve_device, resolve_precision
+from clip_lora_pipeline.core.runtime import (
+    resolve_num_workers,
+    resolve_precision,
+)
+from clip_lora_pipeline.core.store import (
+    SHARD_ROWS,
+    EmbeddingStore,
+    cached_embeddings,
+    encoding_description,
+    encoding_namespace,
+    file_hashes,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def loaded_model(model_params: dict[str, Any], runtime: dict[str, Any]) -> LoadedModel:
-    device = resolve_device(runtime.get("device", "auto"))
-    return shared_model(ModelSpec.from_params(model_params), device)
-
-
 def _encode(manifest: pd.DataFrame, name: str, dataset: dict[str, Any],
-            model_params: dict[str, Any], runtime: dict[str, Any]) -> pd.DataFrame:
-    loaded = loaded_model(model_params, runtime)
-    embeddings = encode_images(
-        loaded.model, manifest, Path(dataset["root"]), loaded.preprocess, loaded.device,
-        dtype=resolve_precision(loaded.device, runtime.get("precision", "auto")),
-        batch_size=runtime.get("batch_size", 64),
-        num_workers=runtime.get("num_workers", "auto"), desc=f"Encoding {name}",
-    )
+            model_params: dict[str, Any], runtime: dict[str, Any],
+            store_root: str | None = None) -> pd.DataFrame:
+    """The split's embedding table. With a store (``embedding_store``), only images
+    whose content it lacks are encoded, and they are added to it shard by shard."""
+    loaded = shared_model_for(model_params, runtime)
+    root = Path(dataset["root"])
+    dtype = resolve_precision(loaded.device, runtime.get("precision", "auto"))
+    batch_size = runtime.get("batch_size", 64)
+    num_workers = runtime.get("num_workers", "auto")
+
+    def encode(rows: pd.DataFrame) -> np.ndarray:
+        return encode_images(loaded.model, rows, root, loaded.preprocess, loaded.device,
+                             dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+                             desc=f"Encoding {name}")
+
+    if not store_root or manifest.empty:  # empty: encode_images says why it cannot
+        return embeddings_table(manifest, encode(manifest))
+    args = (loaded.preprocess, dtype, loaded.device.type)
+    store = EmbeddingStore(store_root, encoding_namespace(model_slug(loaded.spec), *args),
+                           encoding_description(*args))
+    # Chunks of a shard, larger with loader workers (GPU): their start-up then costs little.
+    chunk = max(SHARD_ROWS, 8 * batch_size * resolve_num_workers(num_workers, loaded.device))
+    embeddings = cached_embeddings(
+        store, file_hashes([root / p for p in manifest["path"]]),
+        lambda rows: encode(manifest.iloc[rows]), chunk, desc=f"Encoding {name}")
     return embeddings_table(manifest, embeddings)
 
 
 def encode_test(
     test: pd.DataFrame, dataset: dict[str, Any], model_params: dict[str, Any],
-    runtime: dict[str, Any],
+    runtime: dict[str, Any], embedding_store: str | None = None,
 ) -> pd.DataFrame:
     """L2-normalised image embeddings of the test split: once per dataset and model,
-    whatever the few-shot cells."""
-    return _encode(test, "test", dataset, model_params, runtime)
+    whatever the few-shot cells. ``embedding_store``: the folder of the content-addressed
+    store (``core.store``) that images already encoded are read back from; None: none."""
+    return _encode(test, "test", dataset, model_params, runtime, embedding_store)
 
 
 def encode_few_shot(
     train: pd.DataFrame, val: pd.DataFrame, dataset: dict[str, Any],
-    model_params: dict[str, Any], runtime: dict[str, Any],
+    model_params: dict[str, Any], runtime: dict[str, Any], embedding_store: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """L2-normalised image embeddings of one cell's train and val samples."""
-    return (_encode(train, "train", dataset, model_params, runtime),
-            _encode(val, "val", dataset, model_params, runtime))
+    """L2-normalised image embeddings of one cell's train and val samples (the store as
+    for ``encode_test``)."""
+    return (_encode(train, "train", dataset, model_params, runtime, embedding_store),
+            _encode(val, "val", dataset, model_params, runtime, embedding_store))
 
 
 def text_classifier(
@@ -68,7 +93,7 @@ def text_classifier(
     runtime: dict[str, Any],
 ) -> pd.DataFrame:
     """One normalised text embedding per class (label order), with the logit scale."""
-    loaded = loaded_model(model_params, runtime)
+    loaded = shared_model_for(model_params, runtime)
     classes = class_table(manifest)
     templates = templates_for(prompt_set, dataset["source"])
     weights = build_text_classifier(

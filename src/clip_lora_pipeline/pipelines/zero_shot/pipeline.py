@@ -12,12 +12,13 @@ from clip_lora_pipeline.pipelines.zero_shot.nodes import (
     zero_shot,
 )
 
-SHARED_PARAMETERS = {"params:model", "params:runtime"}
+SHARED_PARAMETERS = {"params:model", "params:runtime", "params:embedding_store"}
 
 
 def create_test_embeddings_pipeline() -> Pipeline:
     return Pipeline([
-        Node(encode_test, ["test", "params:dataset", "params:model", "params:runtime"],
+        Node(encode_test, ["test", "params:dataset", "params:model", "params:runtime",
+                           "params:embedding_store"],
              "test_embeddings", name="encode_test", tags=["embeddings", "gpu"])
     ])
 
@@ -25,7 +26,8 @@ def create_test_embeddings_pipeline() -> Pipeline:
 def create_cell_embeddings_pipeline() -> Pipeline:
     return Pipeline([
         Node(encode_few_shot,
-             ["train", "val", "params:dataset", "params:model", "params:runtime"],
+             ["train", "val", "params:dataset", "params:model", "params:runtime",
+              "params:embedding_store"],
              ["train_embeddings", "val_embeddings"],
              name="encode_few_shot", tags=["embeddings", "gpu"])
     ])
