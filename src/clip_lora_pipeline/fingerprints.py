@@ -1,0 +1,267 @@
+"""Node fingerprints: what a node's result depends on, hashed, and the record of the
+fingerprint each node's outputs were last written with (``FingerprintRunner``).
+
+A node's fingerprint hashes
+- each input's content: a parameter's value; a dataset's file content, taken from the
+  record its producer wrote (the file's sha256, checked against its size and mtime) or
+  hashed afresh; a folder that a parameter names (``root``, ``input``): its files'
+  relative paths and contents (hashed again only where size or mtime changed);
+- the arguments bound to the node function (``functools.partial``: name, shots, seed);
+- its code: the function's source, the same-module functions it calls, and the source
+  of every project module its module imports, transitively.
+
+Not detected: changes in installed libraries (open_clip, torch, ...), in files read
+outside the catalog and the named folders, and in code reached only through objects
+built at run time from another package.
+
+Records live in ``data/.fingerprints/<node>.json``. A node's record is deleted before
+it runs and written (atomically) after all its outputs are saved, so a killed run never
+marks a node done.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import sys
+import types
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from clip_lora_pipeline.core.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = "clip_lora_pipeline"
+FOLDER_KEYS = ("root", "input")  # parameter keys whose value names a folder read by path
+RECORD_DIR = Path("data/.fingerprints")
+_CHUNK = 1 << 20
+
+
+def digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _stat(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+# Code ----------------------------------------------------------------------------------
+def _module_source(name: str) -> str:
+    module = sys.modules.get(name) or importlib.import_module(name)
+    try:
+        return inspect.getsource(module)
+    except (OSError, TypeError):
+        return ""
+
+
+@functools.cache
+def _imported_modules(name: str) -> frozenset[str]:
+    """``name`` and the project modules it imports, transitively."""
+    seen, stack = set(), [name]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        module = sys.modules.get(current) or importlib.import_module(current)
+        for value in vars(module).values():
+            dep = value.__name__ if isinstance(value, types.ModuleType) \
+                else getattr(value, "__module__", None)
+            # A package holds every submodule imported anywhere as an attribute: only
+            # what a module imports itself is followed.
+            child = dep is not None and dep.startswith(current + ".") \
+                and hasattr(module, "__path__")
+            if isinstance(dep, str) and dep.startswith(PACKAGE) and dep in sys.modules \
+                    and not child:
+                stack.append(dep)
+    return frozenset(seen)
+
+
+def _own_functions(func: types.FunctionType) -> list[types.FunctionType]:
+    """``func`` and the functions of its module it calls, transitively."""
+    found, stack = {}, [func]
+    while stack:
+        current = stack.pop()
+        if current.__qualname__ in found:
+            continue
+        found[current.__qualname__] = current
+        for name in current.__code__.co_names:
+            value = current.__globals__.get(name)
+            if isinstance(value, types.FunctionType) and value.__module__ == func.__module__:
+                stack.append(value)
+    return [found[k] for k in sorted(found)]
+
+
+@functools.cache
+def _code_of(func: types.FunctionType) -> str:
+    own = [inspect.getsource(f) for f in _own_functions(func)]
+    imported = sorted(_imported_modules(func.__module__) - {func.__module__})
+    return digest(own, [(name, digest(_module_source(name))) for name in imported])
+
+
+def node_code(func: Any) -> tuple[str, Any]:
+    """(the code's fingerprint, the arguments bound by ``functools.partial``)."""
+    bound: list[Any] = []
+    while isinstance(func, functools.partial):
+        bound.append([list(func.args), func.keywords])
+        func = func.func
+    if isinstance(func, types.FunctionType):
+        return _code_of(func), bound
+    return digest(_module_source(type(func).__module__), repr(func)), bound
+
+
+# Folders and files --------------------------------------------------------------------
+class FileHashes:
+    """sha256 of files, remembered with their size and mtime so that unchanged files are
+    not read again (``data/.fingerprints/_files.json``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.known: dict[str, list] = json.loads(path.read_text()) if path.exists() else {}
+        self.changed = False
+
+    def sha(self, path: Path) -> str:
+        key, stat = str(path.resolve()), _stat(path)
+        entry = self.known.get(key)
+        if entry is None or entry[:2] != stat:
+            self.known[key] = [*stat, file_sha(path)]
+            self.changed = True
+        return self.known[key][2]
+
+    def folder(self, root: Path) -> str:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return digest([(p.relative_to(root).as_posix(), self.sha(p)) for p in files])
+
+    def save(self) -> None:
+        if self.changed:
+            with atomic_path(self.path) as staging:
+                staging.write_text(json.dumps(self.known))
+            self.changed = False
+
+
+def _folders(value: Any) -> Iterable[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in FOLDER_KEYS and isinstance(item, str) and os.path.isdir(item):
+                yield item
+            else:
+                yield from _folders(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _folders(item)
+
+
+# The record ---------------------------------------------------------------------------
+class Ledger:
+    """The fingerprints of one run's nodes against the records of earlier runs."""
+
+    def __init__(self, catalog, folder: Path = RECORD_DIR):
+        self.catalog, self.folder = catalog, Path(folder)
+        self.files = FileHashes(self.folder / "_files.json")
+        self.records = {}
+        for path in self.folder.glob("*.json"):
+            if not path.name.startswith("_"):
+                record = json.loads(path.read_text())
+                self.records[record["node"]] = record
+        self._folders: dict[str, str] = {}
+
+    def _record_path(self, node_name: str) -> Path:
+        return self.folder / f"{node_name.replace(os.sep, '_')}.json"
+
+    def _filepath(self, name: str) -> Path | None:
+        dataset = self.catalog.get(name, fallback_to_runtime_pattern=True)
+        describe = getattr(dataset, "_describe", dict)()
+        return Path(describe["filepath"]) if describe.get("filepath") else None
+
+    def _folder(self, root: str) -> str:
+        if root not in self._folders:
+            self._folders[root] = self.files.folder(Path(root))
+        return self._folders[root]
+
+    def input_fingerprint(self, name: str) -> str:
+        if name.startswith("params:") or name == "parameters":
+            value = self.catalog.get(name).load()  # not catalog.load: it logs each load
+            return digest(value, [self._folder(f) for f in _folders(value)])
+        path = self._filepath(name)
+        if path is None:
+            return "in memory"
+        if not path.exists():
+            return "missing"
+        for record in self.records.values():  # written by its producer: no need to read it
+            entry = record["outputs"].get(name)
+            if entry and entry["stat"] == _stat(path):
+                return entry["sha"]
+        return self.files.sha(path)
+
+    def fingerprint(self, node) -> dict[str, Any]:
+        code, bound = node_code(node.func)
+        return {"inputs": {name: self.input_fingerprint(name) for name in node.inputs},
+                "code": code, "bound": digest(bound)}
+
+    def reasons(self, node, parts: dict[str, Any]) -> list[str]:
+        """Why ``node`` must run; empty when its outputs are those of ``parts``."""
+        record = self.records.get(node.name)
+        if record is None:
+            return ["no record of an earlier run"]
+        why = []
+        for name in node.outputs:
+            path = self._filepath(name)
+            if path is None:
+                return [f"output {name} is not kept in a file"]
+            if not path.exists():
+                why.append(f"output {name} is missing")
+            elif name not in record["outputs"] or (
+                    record["outputs"][name]["stat"] != _stat(path)
+                    and record["outputs"][name]["sha"] != self.files.sha(path)):
+                why.append(f"output {name} was changed outside the run")
+        old = record["parts"]
+        for name, value in parts["inputs"].items():
+            if old["inputs"].get(name) != value:
+                kind = "parameter" if name.startswith("params:") else "input"
+                why.append(f"{kind} {name} changed")
+        if old["code"] != parts["code"]:
+            why.append("its code changed")
+        if old["bound"] != parts["bound"]:
+            why.append("its bound arguments changed")
+        return why
+
+    def forget(self, node) -> None:
+        """Before the node runs: until it finishes, it has no valid record."""
+        self.records.pop(node.name, None)
+        self._record_path(node.name).unlink(missing_ok=True)
+
+    def record(self, node) -> None:
+        """After all the node's outputs are saved: its fingerprint, taken again (a node
+        may write the folder it reads, as a download does), and its outputs' hashes."""
+        self._folders.clear()
+        outputs = {}
+        for name in node.outputs:
+            path = self._filepath(name)
+            if path is not None and path.exists():
+                outputs[name] = {"sha": file_sha(path), "stat": _stat(path)}
+        record = {"node": node.name, "parts": self.fingerprint(node), "outputs": outputs}
+        with atomic_path(self._record_path(node.name)) as staging:
+            staging.write_text(json.dumps(record, indent=1))
+        self.records[node.name] = record
+        self.files.save()
+
+    def write_run(self, ran: list[str], reused: list[str]) -> None:
+        """What the last run did, for scripts and tests: ``_last_run.json``."""
+        with atomic_path(self.folder / "_last_run.json") as staging:
+            staging.write_text(json.dumps({"ran": ran, "reused": reused}, indent=1))

@@ -1,0 +1,106 @@
+"""A plain ``kedro run`` recomputes exactly what changed (the fingerprint runner), on
+the smoke environment in a temporary copy of the project: a second run runs nothing, a
+new prompt set runs only its own nodes and the reports, a changed ``max_steps`` reruns
+that method and its reports, an edited node function reruns it and what depends on it,
+and a run killed mid-node recomputes that node and nothing before it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import copy_project, run_kedro
+
+CELL = "shots_8_seed_1"
+PROMPTS = """prompt_sets:
+  simple: simple
+  ensemble: ensemble
+  dataset: dataset
+  mine: ["a close-up photo of a {}.", "a blurry photo of a {}."]
+"""
+
+
+def _ran(project, *args) -> list[str]:
+    result = run_kedro(project, "run", "--env", "smoke", *args, env={"COLUMNS": "300"})
+    last = json.loads((project / "data/.fingerprints/_last_run.json").read_text())
+    return last["ran"], result.stdout + result.stderr
+
+
+def _reporting(name: str) -> bool:
+    return name.startswith(f"{CELL}.")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("incremental"))
+    ran, _ = _ran(project)
+    assert "synthetic.encode_test" in ran and f"{CELL}.report" in ran
+    return project
+
+
+def test_a_second_run_runs_nothing(project):
+    ran, log = _ran(project)
+    assert ran == []
+    assert "Nothing to run: all" in log
+
+
+def test_a_new_prompt_set_runs_only_its_nodes_and_the_reports(project):
+    (project / "conf/smoke/parameters_extra_prompts.yml").write_text(PROMPTS)
+    ran, log = _ran(project)
+    own = {"synthetic.text_classifier_mine", "synthetic.zero_shot_mine"}
+    assert own <= set(ran) and f"{CELL}.report" in ran
+    assert all(name in own or _reporting(name) for name in ran), ran
+    assert not any("encode" in name for name in ran)
+    assert "Running synthetic.text_classifier_mine: no record of an earlier run" in log
+    report = (project / "data/08_reporting/clip-lora-tiny__random" / CELL / "report.html")
+    assert "zero_shot_mine" in report.read_text()
+
+
+def test_a_changed_max_steps_reruns_that_method_and_its_reports(project):
+    ran, log = _ran(project, "--params", "adaptation_methods.lora.max_steps=20")
+    lora = {f"synthetic.{CELL}.{step}_lora" for step in ("train", "evaluate", "export")}
+    assert lora <= set(ran)
+    assert all(name in lora or _reporting(name) for name in ran), ran
+    assert not any("bitfit" in name for name in ran)
+    assert f"Running synthetic.{CELL}.train_lora: parameter" in log
+
+
+def test_an_edited_node_function_reruns_it_and_what_depends_on_it(project):
+    nodes = project / "src/clip_lora_pipeline/pipelines/zero_shot/nodes.py"
+    source = nodes.read_text()
+    nodes.write_text(source.replace('def zero_shot(', 'def zero_shot(  # edited\n', 1))
+    try:
+        ran, log = _ran(project, "--params", "adaptation_methods.lora.max_steps=20")
+    finally:
+        nodes.write_text(source)
+    zero_shot = {n for n in ran if n.startswith("synthetic.zero_shot_")}
+    assert len(zero_shot) == 4  # simple, ensemble, dataset, mine
+    assert all(name in zero_shot or _reporting(name) for name in ran), ran
+    assert "its code changed" in log
+    # Edited back: the same nodes again; their results are the same bytes as before the
+    # edit, so nothing after them reruns.
+    ran, _ = _ran(project, "--params", "adaptation_methods.lora.max_steps=20")
+    assert set(ran) == zero_shot
+
+
+def test_a_killed_run_recomputes_that_node_and_nothing_before_it(project):
+    args = ["run", "--env", "smoke", "--params", "adaptation_methods.lora.max_steps=200"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kedro", *args], cwd=project, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "300"})
+    deadline = time.monotonic() + 300
+    for line in process.stdout:
+        if f"Running synthetic.{CELL}.train_lora" in line or time.monotonic() > deadline:
+            process.send_signal(signal.SIGKILL)  # as the training starts
+            break
+    process.wait(timeout=60)
+    ran, _ = _ran(project, "--params", "adaptation_methods.lora.max_steps=200")
+    assert ran[0] == f"synthetic.{CELL}.train_lora", ran
+    assert all("lora" in name or _reporting(name) for name in ran), ran
