@@ -1,4 +1,4 @@
-"""End to end: ``kedro run --env smoke --pipeline sweep --only-missing-outputs`` (shots
+"""End to end: ``kedro run --env smoke --pipeline sweep`` (shots
 [1, 2, 4] x seeds [1, 2] in conf/smoke) in a fresh copy of the project."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import copy_project, run_kedro
 
-SWEEP = ["run", "--env", "smoke", "--pipeline", "sweep", "--only-missing-outputs"]
+SWEEP = ["run", "--env", "smoke", "--pipeline", "sweep"]
 OUT = "data/08_reporting/clip-lora-tiny__random/sweep_shots_1-2-4_seeds_1-2"
 TRAINED = ["linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
            "meta_adapter", "lora", "bitfit"]
@@ -22,7 +22,8 @@ def _completed(project, node: str) -> int:
 
 def _mtimes(project) -> dict[str, int]:
     return {str(p.relative_to(project)): p.stat().st_mtime_ns
-            for p in (project / "data").rglob("*") if p.is_file()}
+            for p in (project / "data").rglob("*")
+            if p.is_file() and ".fingerprints" not in p.parts}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +68,7 @@ def test_second_sweep_recomputes_nothing_and_an_interrupted_cell_resumes(swept):
     run_kedro(swept, *SWEEP)
     after = _mtimes(swept)
     changed = {k for k in after if before.get(k) != after[k]}
-    # only the cheap summaries are remade (never stale); no cell reran
-    assert changed and all(k.startswith(OUT) for k in changed), sorted(changed)
+    assert not changed, sorted(changed)  # nothing changed, so nothing reran
 
     lost = "data/07_model_output/synthetic/clip-lora-tiny__random/shots_4_seed_2/lora"
     for name in ("metrics.json", "predictions.parquet"):

@@ -1,10 +1,12 @@
 """The project's ``kedro run``: Kedro's own command with ``FingerprintRunner`` as the
-default runner, so a plain ``kedro run`` recomputes only what changed. ``--runner
-SequentialRunner`` gives Kedro's behaviour back."""
+default runner, so a plain ``kedro run`` recomputes only what changed. Nodes named with
+``--nodes`` or ``--from-nodes`` run whatever their fingerprints say: that is a request
+to re-run them. ``--runner SequentialRunner`` gives Kedro's behaviour back."""
 
 from __future__ import annotations
 
 import copy
+import functools
 
 import click
 from kedro.framework.cli.project import run as kedro_run
@@ -20,7 +22,18 @@ def _with_default_runner(command: click.Command) -> click.Command:
             param.default = DEFAULT_RUNNER
             param.help = (f"The runner (default: {DEFAULT_RUNNER}, which skips nodes whose "
                           "inputs, parameters and code are unchanged).")
+    command.callback = _forcing_named_nodes(command.callback)
     return command
+
+
+def _forcing_named_nodes(callback):
+    @functools.wraps(callback)
+    def run(**kwargs):
+        named = kwargs.get("node_names") or kwargs.get("from_nodes")
+        if named and kwargs.get("runner") in (None, DEFAULT_RUNNER):
+            kwargs["runner_params"] = {"recompute": "true", **(kwargs.get("runner_params") or {})}
+        return callback(**kwargs)
+    return run
 
 
 @click.group(name="clip-lora-pipeline")

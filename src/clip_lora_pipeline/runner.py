@@ -1,7 +1,8 @@
 """``kedro run``'s default runner here (``cli.py``): Kedro's sequential runner, but a node
 whose fingerprint (``fingerprints``: its inputs' content, parameters and code) equals the
 one recorded with its existing outputs is skipped, and the log says why each other node
-runs. ``CLIP_LORA_RECOMPUTE=1`` (or ``--runner-params recompute=true``) runs every node."""
+runs. ``CLIP_LORA_RECOMPUTE=1`` (or ``--runner-params recompute=true``) runs every node
+of the run (``cli.py`` asks for it when nodes are named with ``--nodes``/``--from-nodes``)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class FingerprintRunner(SequentialRunner):
                 raise
             ledger.record(node)
             done.append(node)
+            self._logger.info("Completed node: %s", node.name)
             self._release_datasets(node, catalog, load_counts, pipeline)
         ledger.write_run([n.name for n in done], reused)
         self._log_summary(reused, len(nodes))
