@@ -102,6 +102,6 @@ def missing_inputs_message(missing: list[str], catalog) -> str:
         made_by = f"made by node {producers[0]}" if producers else "no node makes it"
         run = f"; run `kedro run --pipelines {named[0][1]}` first" if named else ""
         lines.append(f"  - {name} ({_filepath(catalog, name)}): {made_by}{run}")
-    lines.append("Or run the whole project: `kedro run` (add --only-missing-outputs to skip "
-                 "finished steps).")
+    lines.append("Or run the whole project: `kedro run` (finished, unchanged steps are "
+                 "skipped).")
     return "\n".join(lines)
