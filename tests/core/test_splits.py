@@ -1,7 +1,11 @@
-"""Splits and few-shot sampling: reproducible, disjoint, stratified, clear errors."""
+"""Splits and few-shot sampling: reproducible, disjoint, stratified, stable when images
+are added, clear errors."""
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -37,9 +41,25 @@ def test_same_seed_same_split_and_row_order_does_not_matter():
     assert set(other["test"]["path"]) != set(first["test"]["path"])
 
 
+def _reference_split(path, seed, fractions):
+    """The documented rule, written out independently of the module."""
+    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    cumulative = 0.0
+    for name, share in fractions.items():
+        cumulative += share
+        if u < cumulative:
+            return name
+    return name
+
+
+def _split_of(parts):
+    return {path: name for name, frame in parts.items() for path in frame["path"]}
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_splits_are_disjoint_complete_and_stratified(seed):
-    images = _images((20, 11, 7))
+def test_splits_are_disjoint_complete_and_follow_the_hash_of_the_path(seed):
+    images = _images((60, 45, 30))
     parts = split_dataset(images, FRACTIONS, 0.2, seed=seed)
     sets = {k: set(v["path"]) for k, v in parts.items()}
     assert not sets["train"] & sets["val"]
@@ -49,16 +69,88 @@ def test_splits_are_disjoint_complete_and_stratified(seed):
     for name, frame in parts.items():
         assert set(frame["label"]) == {0, 1, 2}, name
         assert (frame["split"] == name).all()
-    assert parts["test"]["label"].value_counts()[0] == 4
+        assert frame["path"].is_monotonic_increasing
+    assert _split_of(parts) == {p: _reference_split(p, seed, FRACTIONS) for p in images["path"]}
+
+
+def test_adding_images_moves_no_existing_image():
+    before = _images((50,) * 20)
+    # 10% more images in every class, with names that sort in between the old ones
+    new_paths = [f"c{label}/img_{i:03d}_new.png" for label in range(20) for i in range(0, 50, 10)]
+    added = make_manifest(before["path"].tolist() + new_paths,
+                          before["label"].tolist() + [int(p[1:p.index("/")]) for p in new_paths],
+                          [f"class {i}" for i in range(20)])
+    assert len(added) == 1100 and set(before["path"]) < set(added["path"])
+    for seed in (0, 1):
+        old = _split_of(split_dataset(before, FRACTIONS, 0.2, seed=seed))
+        new = _split_of(split_dataset(added, FRACTIONS, 0.2, seed=seed))
+        assert {path: new[path] for path in old} == old
+        # removing them again gives the old split back
+        assert _split_of(split_dataset(added[added["path"].isin(old)], FRACTIONS, 0.2,
+                                       seed=seed)) == old
+
+
+def test_adding_a_class_moves_no_image_of_the_others():
+    before = _images((30, 30))
+    after = _images((30, 30, 30))
+    old = _split_of(split_dataset(before, FRACTIONS, 0.2, seed=0))
+    new = _split_of(split_dataset(after, FRACTIONS, 0.2, seed=0))
+    assert {path: new[path] for path in old} == old
+
+
+def test_carving_val_from_train_moves_nothing_when_images_are_added():
+    def official(per_class):
+        images = _images(per_class)
+        index = images["path"].str.extract(r"img_(\d+)")[0].astype(int)
+        images["source_split"] = np.where(index % 3 == 0, "test", "train")
+        return images
+
+    old = _split_of(split_dataset(official((60, 60)), FRACTIONS, 0.2, seed=0))
+    new = _split_of(split_dataset(official((66, 66)), FRACTIONS, 0.2, seed=0))
+    assert {path: new[path] for path in old} == old
+    carve = {"train": 0.8, "val": 0.2}
+    for path, name in old.items():
+        if name != "test":
+            assert name == _reference_split(path, 0, carve)
+
+
+def test_proportions_per_class_are_close_to_the_fractions():
+    images = _images((500,) * 20)
+    parts = split_dataset(images, FRACTIONS, 0.2, seed=0)
+    for name, share in FRACTIONS.items():
+        per_class = parts[name]["label"].value_counts().reindex(range(20)) / 500
+        # binomial standard deviation at n=500: 2.2 points for 0.6, 1.8 for 0.2
+        assert (per_class - share).abs().max() < 0.07, (name, per_class.to_dict())
+        assert abs(len(parts[name]) / len(images) - share) < 0.015
+
+
+def test_a_different_seed_gives_a_different_assignment():
+    images = _images((100, 100))
+    first = _split_of(split_dataset(images, FRACTIONS, 0.2, seed=0))
+    second = _split_of(split_dataset(images, FRACTIONS, 0.2, seed=1))
+    moved = sum(first[path] != second[path] for path in first)
+    # two independent draws disagree for 1 - (0.6² + 0.2² + 0.2²) = 56% of the images
+    assert 0.4 < moved / len(first) < 0.7
+
+
+def test_zero_fraction_split_stays_empty():
+    images = _images((40, 40))
+    parts = stratified_split(images, {"train": 0.7, "val": 0.0, "test": 0.3}, seed=0)
+    assert parts["val"].empty
+    assert len(parts["train"]) + len(parts["test"]) == 80
 
 
 def test_official_split_is_kept_and_val_carved_from_train():
     splits = ["train"] * 10 + ["test"] * 10 + ["train"] * 10 + ["test"] * 10
     images = _images((20, 20), splits)
     parts = split_dataset(images, FRACTIONS, 0.2, seed=0)
+    source_train = set(images[images["source_split"] == "train"]["path"])
     assert set(parts["test"]["path"]) == set(images[images["source_split"] == "test"]["path"])
-    assert len(parts["val"]) == 4 and len(parts["train"]) == 16
-    assert set(parts["val"]["path"]) <= set(images[images["source_split"] == "train"]["path"])
+    assert set(parts["val"]["path"]) | set(parts["train"]["path"]) == source_train
+    assert not set(parts["val"]["path"]) & set(parts["train"]["path"])
+    assert set(parts["val"]["label"]) == {0, 1}
+    carve = {"train": 0.8, "val": 0.2}
+    assert all(_reference_split(p, 0, carve) == "val" for p in parts["val"]["path"])
 
 
 def test_official_val_is_used_as_is():
@@ -84,6 +176,26 @@ def test_official_split_without_test_is_an_error():
 def test_too_small_class_for_a_stratified_split_names_it():
     with pytest.raises(SplitError, match="'class 1' has 2 image"):
         stratified_split(_images((10, 2)), FRACTIONS, seed=0)
+
+
+def test_a_split_left_empty_by_chance_is_an_error_naming_class_and_counts():
+    # No image of class 1's 5 falls in val by its hash (seed 6); none is moved there,
+    # since it would move back once images are added.
+    images = _images((30, 5))
+    with pytest.raises(SplitError) as error:
+        split_dataset(images, FRACTIONS, 0.2, seed=6)
+    message = str(error.value)
+    assert "'class 1' (train 3, val 0, test 2)" in message
+    assert "class 0" not in message
+    assert "split.seed" in message and "split.fractions" in message
+    # more images cure it without moving the 5
+    grown = split_dataset(_images((30, 40)), FRACTIONS, 0.2, seed=6)
+    assert all(_reference_split(p, 6, FRACTIONS) == name
+               for name, frame in grown.items() for p in frame["path"])
+    # carving val out of train names the setting it comes from
+    official = _images((30, 4), ["train"] * 20 + ["test"] * 10 + ["train"] * 3 + ["test"])
+    with pytest.raises(SplitError, match=r"'class 1' \(train 3, val 0\).*val_fraction_of_train"):
+        split_dataset(official, FRACTIONS, 0.2, seed=1)
 
 
 def test_fractions_must_sum_to_one():
@@ -130,3 +242,15 @@ def test_repeats_fill_up_only_the_short_classes_reproducibly(caplog):
 def test_all_shots_keeps_everything():
     train = _images((5, 6))
     assert len(sample_few_shot(train, None, seed=0, split="train")) == 11
+
+
+def test_adding_images_to_one_class_leaves_another_class_few_shot_sample_unchanged():
+    train = _images((30, 30))
+    grown = _images((30, 45))
+    for shots in (4, 16):
+        before = sample_few_shot(train, shots, seed=1, split="train")
+        after = sample_few_shot(grown, shots, seed=1, split="train")
+        pd.testing.assert_frame_equal(before[before["label"] == 0].reset_index(drop=True),
+                                      after[after["label"] == 0].reset_index(drop=True))
+        assert not before[before["label"] == 1]["path"].equals(
+            after[after["label"] == 1]["path"])

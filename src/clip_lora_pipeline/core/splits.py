@@ -1,7 +1,11 @@
-"""Train / val / test splits and few-shot sampling, reproducible from a seed."""
+"""Train / val / test splits and few-shot sampling, reproducible from a seed.
+
+Splits are made image by image from a seeded hash of the path, so that a dataset can
+grow without any existing image changing split (see ``stratified_split``)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -24,42 +28,86 @@ def _shuffled(frame: pd.DataFrame, seed: int, label: int) -> pd.DataFrame:
     return ordered.iloc[rng.permutation(len(ordered))]
 
 
+def split_key(path: str, seed: int) -> float:
+    """A uniform number in [0, 1) from the seed and an image's relative path alone.
+
+    The first 8 bytes of sha256(f"{seed}:{path}") as a big-endian integer, its top 53
+    bits divided by 2**53 (exactly representable, so never 1.0).
+    """
+    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / 2.0**53
+
+
+def _bounds(fractions: dict[str, float]) -> np.ndarray:
+    """Upper ends of the splits' intervals of [0, 1), in the order of ``fractions``."""
+    shares = np.array(list(fractions.values()), dtype=float)
+    bounds = np.cumsum(shares / shares.sum())
+    # From the last split with a nonzero share on, the bound is exactly 1: rounding can
+    # neither leave a gap below 1 nor give a zero-share split a sliver.
+    bounds[int(np.flatnonzero(shares > 0)[-1]):] = 1.0
+    return bounds
+
+
 def stratified_split(
-    frame: pd.DataFrame, fractions: dict[str, float], seed: int
+    frame: pd.DataFrame, fractions: dict[str, float], seed: int,
+    setting: str = "split.fractions",
 ) -> dict[str, pd.DataFrame]:
-    """Split every class by ``fractions`` (split name -> share, summing to 1)."""
+    """Split every class by ``fractions`` (split name -> share, summing to 1).
+
+    An image goes to the split whose interval of [0, 1) holds ``split_key(path, seed)``;
+    the intervals follow each other in the order of ``fractions``. Its split thus
+    depends on its own path, the seed and the fractions only: adding images (to any
+    class) moves no existing image, removing images moves none either, and the row order
+    does not matter. Every class sees the same thresholds, so each class is split by
+    ``fractions`` in expectation (the counts vary binomially around it).
+
+    A class with fewer images than there are splits with a nonzero share, or in which
+    such a split gets no image by chance, is an error naming the class. ``setting``
+    names the configuration the fractions come from, for that message.
+    """
     total = sum(fractions.values())
     if not np.isclose(total, 1.0) or any(v < 0 for v in fractions.values()):
         raise SplitError(f"split fractions must be >= 0 and sum to 1, got {fractions}.")
+    frame = frame.reset_index(drop=True)
     names = list(fractions)
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
-    for label, group in frame.groupby("label", sort=True):
-        wanted = [name for name in names if fractions[name] > 0]
+    wanted = [name for name in names if fractions[name] > 0]
+    keys = np.array([split_key(path, seed) for path in frame["path"].tolist()], dtype=float)
+    which = np.searchsorted(_bounds(fractions), keys, side="right")
+    assigned = pd.Series(np.array(names, dtype=object)[which], index=frame.index)
+    empty: dict[str, dict[str, int]] = {}
+    for _, group in frame.groupby("label", sort=True):
+        class_name = group["class_name"].iloc[0]
         if len(group) < len(wanted):
             raise SplitError(
-                f"class '{group['class_name'].iloc[0]}' has {len(group)} image(s); a "
+                f"class '{class_name}' has {len(group)} image(s); a "
                 f"stratified {'/'.join(wanted)} split needs at least {len(wanted)}. Add images "
                 "to that class or remove it."
             )
-        shuffled = _shuffled(group, seed, int(label))
-        counts = {name: int(round(fractions[name] * len(group))) for name in names[1:]}
-        for name in names[1:]:
-            if fractions[name] > 0:
-                counts[name] = max(1, counts[name])
-        counts[names[0]] = len(group) - sum(counts.values())
-        if counts[names[0]] < 1:
-            raise SplitError(
-                f"class '{group['class_name'].iloc[0]}' has {len(group)} images, too few to "
-                f"keep any in '{names[0]}' with fractions {fractions}."
-            )
-        start = 0
-        for name in names:
-            parts[name].append(shuffled.iloc[start:start + counts[name]])
-            start += counts[name]
+        counts = assigned[group.index].value_counts()
+        if any(counts.get(name, 0) == 0 for name in wanted):
+            empty[class_name] = {name: int(counts.get(name, 0)) for name in names}
+    if empty:
+        # No rebalancing on purpose: moving an image into the empty split would make its
+        # split depend on the other images of its class, and adding images later would
+        # move it back. No rule can do both: if adding images never moves one, an image's
+        # split is the same in every set it belongs to (compare each set with their
+        # union), i.e. a function of the image alone, and then some small class lands
+        # wholly in one split. So we stop and let the user choose. Adding images never
+        # causes this error, it can only cure it.
+        described = "; ".join(
+            f"'{name}' ({', '.join(f'{s} {n}' for s, n in counts.items())})"
+            for name, counts in list(empty.items())[:10]
+        )
+        raise SplitError(
+            f"{len(empty)} class(es) got no image in a split by the seeded hash of their "
+            f"paths (images per split): {described}. Each image's split is fixed by its "
+            "path and split.seed so that adding images never moves one; small classes can "
+            "miss a split by chance. Add images to those classes, try another split.seed, "
+            f"change {setting}, or give fixed splits (train/val/test folders or a split_file)."
+        )
     return {
-        name: (pd.concat(chunks) if chunks else frame.iloc[:0])
-        .sort_values("path", ignore_index=True)
-        for name, chunks in parts.items()
+        name: frame[assigned == name].sort_values("path", ignore_index=True)
+        for name in names
     }
 
 
@@ -73,7 +121,9 @@ def split_dataset(
 
     The source's own split is kept where it defines one. A source with only train and
     test gets a stratified val carved out of train (``val_fraction_of_train``). A source
-    without splits is split stratified by ``fractions`` (keys train, val, test).
+    without splits is split stratified by ``fractions`` (keys train, val, test). Both are
+    made by ``stratified_split``: an image's split depends only on its path, the seed and
+    the fractions, so adding images to a dataset moves no existing image between splits.
     """
     defined = images["source_split"].notna()
     if not defined.any():
@@ -98,7 +148,7 @@ def split_dataset(
             carved = stratified_split(
                 result["train"],
                 {"train": 1.0 - val_fraction_of_train, "val": val_fraction_of_train},
-                seed,
+                seed, setting="split.val_fraction_of_train",
             )
             result.update(carved)
     return {
