@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clip_lora_pipeline.core.sources import SourceError
-from clip_lora_pipeline.core.splits import SplitError
+from clip_lora_pipeline.core.splits import SplitError, split_dataset
 from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
 
 SPLIT = {"seed": 0, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2},
@@ -52,10 +52,24 @@ def test_validate_skips_and_reports(synthetic, caplog):
     assert "1 of 50 images" in caplog.text
 
 
+def _split_sizes(images) -> tuple[int, int, int]:
+    """Train, val and test sizes as the core split makes them: by the seeded hash of each
+    image's path, so they vary around the fractions instead of being exact."""
+    parts = split_dataset(images, SPLIT["fractions"], SPLIT["val_fraction_of_train"],
+                          SPLIT["seed"])
+    return tuple(len(parts[name]) for name in ("train", "val", "test"))
+
+
 def test_split_then_few_shot(synthetic):
+    # 30 per class: at seed 0 every class gets >= 12 train and >= 3 val images (4 and 2
+    # are sampled below); with 10, a class draws a single val image.
+    synthetic["options"]["images_per_class"] = 30
     images, _ = validate(download(synthetic, {}), synthetic, {})
     train_pool, val_pool, test = split(images, SPLIT)
-    assert (len(train_pool), len(val_pool), len(test)) == (30, 10, 10)
+    sizes = (len(train_pool), len(val_pool), len(test))
+    assert sizes == _split_sizes(images) and sum(sizes) == 150
+    for pool in (train_pool, val_pool, test):
+        assert pool["label"].nunique() == 5
     train, val = few_shot(train_pool, val_pool, test, 4, 2, 1)
     assert train.groupby("label").size().tolist() == [4] * 5
     assert val.groupby("label").size().tolist() == [2] * 5
@@ -64,9 +78,12 @@ def test_split_then_few_shot(synthetic):
 
 
 def test_few_shot_val_defaults_to_min_k_4(synthetic):
-    synthetic["options"]["images_per_class"] = 30
+    # 50 per class: at seed 0 the smallest class's val pool holds 5 images (4 are needed);
+    # 30 leaves one class 3.
+    synthetic["options"]["images_per_class"] = 50
     images, _ = validate(download(synthetic, {}), synthetic, {})
     train_pool, val_pool, test = split(images, SPLIT)
+    assert val_pool.groupby("label").size().min() >= 4
     train, val = few_shot(train_pool, val_pool, test, 8, None, 1)
     assert val.groupby("label").size().tolist() == [4] * 5
     _, val_two = few_shot(train_pool, val_pool, test, 2, None, 1)
@@ -76,7 +93,14 @@ def test_few_shot_val_defaults_to_min_k_4(synthetic):
 def test_few_shot_too_many_shots_is_an_error(synthetic):
     images, _ = validate(download(synthetic, {}), synthetic, {})
     parts = split(images, SPLIT)
-    with pytest.raises(SplitError, match="has 6 train image"):
+    per_class = parts[0].groupby("label", sort=True).agg(
+        n=("path", "size"), class_name=("class_name", "first"))
+    short = per_class[per_class["n"] < 8]
+    assert not short.empty  # 10 images per class: some class keeps fewer than 8
+    # the message names the first short class and its count
+    name, count = short["class_name"].iloc[0], short["n"].iloc[0]
+    with pytest.raises(SplitError, match=rf"class '{name}' has {count} train image\(s\), "
+                                         "fewer than the 8"):
         few_shot(*parts, 8, 1, 1)
 
 

@@ -7,9 +7,12 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.splits import split_dataset
 from clip_lora_pipeline.datasets import ParquetDataset
 from clip_lora_pipeline.pipelines.data.pipeline import for_cell, for_dataset
 
+SPLIT = {"seed": 0, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2},
+         "val_fraction_of_train": 0.2}
 OUTPUTS = ("manifest", "images", "rejected_images", "train_pool", "val_pool", "test",
            "train", "val")
 
@@ -19,12 +22,13 @@ def _run(workdir, shots=4, seed=1) -> dict[str, pd.DataFrame]:
         "params:dataset_configs.shapes": {
             "source": "synthetic",
             "root": str(workdir / "images"),
-            "options": {"num_classes": 5, "images_per_class": 20, "image_size": 32},
+            # 50 per class: at seed 0 the hash leaves every class >= 5 val images (4 are
+            # sampled: min(shots, 4)); 20 leaves a class 2.
+            "options": {"num_classes": 5, "images_per_class": 50, "image_size": 32},
         },
         "params:download": {"timeout": 5},
         "params:validation": {"on_bad_image": "skip", "num_workers": 2},
-        "params:split": {"seed": 0, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2},
-                         "val_fraction_of_train": 0.2},
+        "params:split": SPLIT,
         "params:val_shots": None,
     }
     cell = Cell(shots, seed)
@@ -36,7 +40,7 @@ def _run(workdir, shots=4, seed=1) -> dict[str, pd.DataFrame]:
         datasets[name] = ParquetDataset(filepath=str(path))
     catalog = DataCatalog(datasets)
     SequentialRunner().run(for_dataset("shapes") + for_cell("shapes", cell), catalog)
-    return {name: catalog.load(names[name]) for name in ("train", "val", "test")}
+    return {name: catalog.load(names[name]) for name in ("train", "val", "test", "images")}
 
 
 def test_pipeline_nodes_are_namespaced_by_dataset_and_cell():
@@ -56,8 +60,12 @@ def test_pipeline_runs_and_is_reproducible(tmp_path):
     for name in first:
         pd.testing.assert_frame_equal(first[name], second[name])
     assert first["train"].groupby("label").size().tolist() == [4] * 5
-    assert len(first["test"]) == 20
-    paths = [set(first[n]["path"]) for n in first]
+    # the test split is the core split's, whose size varies around 20% by chance
+    expected = split_dataset(first["images"], SPLIT["fractions"], SPLIT["val_fraction_of_train"],
+                             SPLIT["seed"])["test"]
+    assert first["test"]["path"].tolist() == expected["path"].tolist()
+    assert first["test"]["label"].nunique() == 5
+    paths = [set(first[n]["path"]) for n in ("train", "val", "test")]
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
 
 

@@ -27,8 +27,10 @@ FAST = {"tip_adapter_f": {"train_epoch": 5}, "clap": {"epochs": 50}}
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """Embeddings of the pools and test split, and the zero-shot classifier."""
+    # 50 per class: the hash split (seed 0) leaves every class >= 25 train and >= 5 val
+    # images for the 16 and 4 sampled; 32 leaves a class 13 train and 3 val images.
     dataset, manifest, train_pool, val_pool, test = synthetic_pools(
-        tmp_path_factory.mktemp("shapes"), 32, num_classes=6, fractions=(0.6, 0.15, 0.25))
+        tmp_path_factory.mktemp("shapes"), 50, num_classes=6, fractions=(0.6, 0.15, 0.25))
     encode = zero_shot_nodes.encode_test
     tables = {name: encode(frame, dataset, MODEL, RUNTIME)
               for name, frame in (("train", train_pool), ("val", val_pool), ("test", test))}

@@ -30,7 +30,9 @@ OUT = "shapes.shots_4_seed_1"  # the cell's namespace
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return synthetic_splits(tmp_path_factory.mktemp("shapes"), images_per_class=12, shots=4)
+    # 16 per class: the hash split (seed 0) leaves every class >= 6 train and >= 3 val
+    # images for the 4 and 2 sampled; 12 leaves a class 3 train images.
+    return synthetic_splits(tmp_path_factory.mktemp("shapes"), images_per_class=16, shots=4)
 
 
 def _catalog(tmp_path, data):

@@ -47,7 +47,9 @@ COLUMNS = ["file", "predicted_class", "confidence", "class_1", "prob_1", "class_
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return synthetic_splits(tmp_path_factory.mktemp("shapes"), images_per_class=10, shots=3)
+    # 16 per class: the hash split (seed 0) leaves every class >= 6 train and >= 3 val
+    # images for the 3 and 2 sampled; 10 leaves a class 1 val image.
+    return synthetic_splits(tmp_path_factory.mktemp("shapes"), images_per_class=16, shots=3)
 
 
 @pytest.fixture(scope="module")
