@@ -23,6 +23,8 @@ SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"
 @pytest.mark.slow
 def test_smoke_run_reports_every_method(smoke_project):
     reports = smoke_project / REPORTS
+    # the test split's size varies around 20% of the images (a hash of each path)
+    n_test = len(pd.read_parquet(smoke_project / "data/03_primary/synthetic/test.parquet"))
     comparison = pd.read_parquet(reports / "comparison.parquet")
     assert comparison["method"].tolist() == METHODS
     assert (comparison["dataset"] == "synthetic").all()
@@ -39,7 +41,7 @@ def test_smoke_run_reports_every_method(smoke_project):
         assert (folder / "sample_predictions.html").read_text().count(
             "data:image/jpeg;base64,") == 16
         assert (folder / "most_confused_pairs.parquet").exists()
-        assert row["n_test_images"] == 36 and row["n_classes"] == 6
+        assert row["n_test_images"] == n_test and row["n_classes"] == 6
         assert row["top1_ci_low"] <= row["top1"] <= row["top1_ci_high"]
     f1 = pd.read_parquet(reports / "synthetic/per_class_f1.parquet")
     assert f1.columns.tolist() == ["class_name", "support", *METHODS] and len(f1) == 6
@@ -47,7 +49,7 @@ def test_smoke_run_reports_every_method(smoke_project):
     assert all(f"| synthetic | {m} |" in markdown for m in METHODS)
     assert (reports / "accuracy.png").exists() and (reports / "report.html").exists()
     record = json.loads((reports / "run_record.json").read_text())
-    assert record["splits"]["synthetic"]["test"] == 36
+    assert record["splits"]["synthetic"]["test"] == n_test
     assert set(record["methods"]) == set(METHODS)
     assert record["environment"]["versions"]["torch"]
 

@@ -20,6 +20,16 @@ def project(smoke_project) -> Path:
     return smoke_project
 
 
+def _n_test(project: Path) -> int:
+    """The size of the test split, which the hashed split makes vary around 20%."""
+    return len(pd.read_parquet(project / "data/03_primary/synthetic/test.parquet"))
+
+
+# Kedro's node selection itself: every selected node runs, as it did before the
+# fingerprint runner (which skips a selected node whose inputs and code are unchanged;
+# tests/test_incremental_run.py covers that).
+
+
 def _mtimes(project: Path) -> dict[str, int]:
     return {
         str(p.relative_to(project)): p.stat().st_mtime_ns
@@ -31,8 +41,14 @@ def _mtimes(project: Path) -> dict[str, int]:
 def test_smoke_run_writes_the_manifests(project):
     train = pd.read_parquet(project / "data/05_model_input/synthetic/shots_8_seed_1/train.parquet")
     assert train.groupby("class_name").size().tolist() == [8] * 6
-    test = pd.read_parquet(project / "data/03_primary/synthetic/test.parquet")
-    assert len(test) == 36 and test["class_name"].nunique() == 6
+    parts = {name: pd.read_parquet(project / f"data/03_primary/synthetic/{name}.parquet")
+             for name in ("train_pool", "val_pool", "test")}
+    # 50 images per class (conf/base), each in the split its path's hash says
+    assert sum(len(part) for part in parts.values()) == 300
+    for name, part in parts.items():
+        assert part["class_name"].nunique() == 6, name
+    val = pd.read_parquet(project / "data/05_model_input/synthetic/shots_8_seed_1/val.parquet")
+    assert val.groupby("class_name").size().tolist() == [4] * 6
     for name in ("manifest", "images", "rejected_images"):
         assert (project / f"data/02_intermediate/synthetic/{name}.parquet").exists()
 
@@ -40,22 +56,24 @@ def test_smoke_run_writes_the_manifests(project):
 @pytest.mark.slow
 def test_smoke_run_evaluates_every_prompt_set_zero_shot(project):
     features = project / "data/04_feature/synthetic/clip-lora-tiny__random"
-    assert len(pd.read_parquet(features / "test_embeddings.parquet")) == 36
+    n_test = _n_test(project)
+    assert len(pd.read_parquet(features / "test_embeddings.parquet")) == n_test
     for prompt_set in ("simple", "ensemble", "dataset"):
         out = project / f"data/07_model_output/synthetic/clip-lora-tiny__random/zero_shot_{prompt_set}"
         metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["n_images"] == 36 and 0 <= metrics["top1"] <= 1
-        assert len(pd.read_parquet(out / "predictions.parquet")) == 36
+        assert metrics["n_images"] == n_test and 0 <= metrics["top1"] <= 1
+        assert len(pd.read_parquet(out / "predictions.parquet")) == n_test
 
 
 @pytest.mark.slow
 def test_smoke_run_trains_and_evaluates_every_method(project):
     out = project / "data/07_model_output/synthetic/clip-lora-tiny__random/shots_8_seed_1"
     models = project / "data/06_models/synthetic/clip-lora-tiny__random/shots_8_seed_1"
+    n_test = _n_test(project)
     for method in ("linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
                    "meta_adapter", "lora", "bitfit"):
         metrics = json.loads((out / method / "metrics.json").read_text())
-        assert metrics["n_images"] == 36
+        assert metrics["n_images"] == n_test
         # Tip-Adapter trains nothing: its cache is the few-shot features themselves
         assert metrics["trainable_parameters"] > 0 or method == "tip_adapter"
     for method in ("lora", "bitfit"):
