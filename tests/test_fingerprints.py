@@ -56,6 +56,7 @@ def _run(root, params=None, fail=None):
     module = importlib.import_module("fp_nodes")
     fingerprints._code_of.cache_clear()
     fingerprints._imported_modules.cache_clear()
+    fingerprints._module_digest.cache_clear()
     module.CALLS.clear()
     double = module.double
     if fail:

@@ -58,7 +58,7 @@ def test_a_new_prompt_set_runs_only_its_nodes_and_the_reports(project):
     assert all(name in own or _reporting(name) for name in ran), ran
     assert not any("encode" in name for name in ran)
     assert "Running synthetic.text_classifier_mine: no record of an earlier run" in log
-    report = (project / "data/08_reporting/clip-lora-tiny__random" / CELL / "report.html")
+    report = (project / "data/08_reporting/clip-lora-tiny__random" / CELL / "report_synthetic.html")
     assert "zero_shot_mine" in report.read_text()
 
 

@@ -25,7 +25,7 @@ def test_smoke_run_reports_every_method(smoke_project):
     reports = smoke_project / REPORTS
     # the test split's size varies around 20% of the images (a hash of each path)
     n_test = len(pd.read_parquet(smoke_project / "data/03_primary/synthetic/test.parquet"))
-    comparison = pd.read_parquet(reports / "comparison.parquet")
+    comparison = pd.read_parquet(reports / "comparison_synthetic.parquet")
     assert comparison["method"].tolist() == METHODS
     assert (comparison["dataset"] == "synthetic").all()
     for method in METHODS:
@@ -45,10 +45,10 @@ def test_smoke_run_reports_every_method(smoke_project):
         assert row["top1_ci_low"] <= row["top1"] <= row["top1_ci_high"]
     f1 = pd.read_parquet(reports / "synthetic/per_class_f1.parquet")
     assert f1.columns.tolist() == ["class_name", "support", *METHODS] and len(f1) == 6
-    markdown = (reports / "comparison.md").read_text()
+    markdown = (reports / "comparison_synthetic.md").read_text()
     assert all(f"| synthetic | {m} |" in markdown for m in METHODS)
-    assert (reports / "accuracy.png").exists() and (reports / "report.html").exists()
-    record = json.loads((reports / "run_record.json").read_text())
+    assert (reports / "accuracy_synthetic.png").exists() and (reports / "report_synthetic.html").exists()
+    record = json.loads((reports / "run_record_synthetic.json").read_text())
     assert record["splits"]["synthetic"]["test"] == n_test
     assert set(record["methods"]) == set(METHODS)
     assert record["environment"]["versions"]["torch"]
@@ -64,7 +64,7 @@ def _chromium() -> str | None:
 def test_report_opens_in_chromium_with_every_image_and_no_errors(smoke_project, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    report = smoke_project / REPORTS / "report.html"
+    report = smoke_project / REPORTS / "report_synthetic.html"
     problems: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(

@@ -97,7 +97,7 @@ def test_one_node_reruns_alone(project):
 
 @pytest.mark.slow
 def test_the_report_node_reruns_alone_when_named(project):
-    report = project / "data/08_reporting/clip-lora-tiny__random/shots_8_seed_1/report.html"
+    report = project / "data/08_reporting/clip-lora-tiny__random/shots_8_seed_1/report_synthetic.html"
     before = report.stat().st_mtime_ns
     # unchanged, but named with --nodes: a request to re-run it
     run_kedro(project, "run", "--env", "smoke", "--nodes", "shots_8_seed_1.report")

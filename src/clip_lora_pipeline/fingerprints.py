@@ -71,6 +71,11 @@ def _module_source(name: str) -> str:
 
 
 @functools.cache
+def _module_digest(name: str) -> str:
+    return digest(_module_source(name))
+
+
+@functools.cache
 def _imported_modules(name: str) -> frozenset[str]:
     """``name`` and the project modules it imports, transitively."""
     seen, stack = set(), [name]
@@ -112,7 +117,7 @@ def _own_functions(func: types.FunctionType) -> list[types.FunctionType]:
 def _code_of(func: types.FunctionType) -> str:
     own = [inspect.getsource(f) for f in _own_functions(func)]
     imported = sorted(_imported_modules(func.__module__) - {func.__module__})
-    return digest(own, [(name, digest(_module_source(name))) for name in imported])
+    return digest(own, [(name, _module_digest(name)) for name in imported])
 
 
 def node_code(func: Any) -> tuple[str, Any]:
@@ -180,6 +185,8 @@ class Ledger:
                 record = json.loads(path.read_text())
                 self.records[record["node"]] = record
         self._folders: dict[str, str] = {}
+        self._written = {name: entry for record in self.records.values()
+                         for name, entry in record["outputs"].items()}
 
     def _record_path(self, node_name: str) -> Path:
         return self.folder / f"{node_name.replace(os.sep, '_')}.json"
@@ -203,10 +210,9 @@ class Ledger:
             return "in memory"
         if not path.exists():
             return "missing"
-        for record in self.records.values():  # written by its producer: no need to read it
-            entry = record["outputs"].get(name)
-            if entry and entry["stat"] == _stat(path):
-                return entry["sha"]
+        entry = self._written.get(name)  # by its producer: no need to read it again
+        if entry and entry["stat"] == _stat(path):
+            return entry["sha"]
         return self.files.sha(path)
 
     def fingerprint(self, node) -> dict[str, Any]:
@@ -259,6 +265,7 @@ class Ledger:
         with atomic_path(self._record_path(node.name)) as staging:
             staging.write_text(json.dumps(record, indent=1))
         self.records[node.name] = record
+        self._written.update(outputs)
         self.files.save()
 
     def write_run(self, ran: list[str], reused: list[str]) -> None:

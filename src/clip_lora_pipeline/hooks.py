@@ -34,7 +34,7 @@ class ProjectHooks:
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
-        if dataset_name.rsplit(".", 1)[-1] == "report":  # <cell>.report
+        if dataset_name.rsplit(".", 1)[-1].startswith("report__"):  # <cell>.report__<datasets>
             logger.info("Report written: %s", self._where(dataset_name))
             return
         if not dataset_name.endswith("rejected_images") or data is None or not len(data):

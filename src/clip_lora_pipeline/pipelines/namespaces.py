@@ -11,6 +11,7 @@ and a cell that both read results and made embeddings would put the layers in a 
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline
@@ -20,6 +21,16 @@ from clip_lora_pipeline.core.cells import Cell
 # Outputs made once per dataset that cell nodes read.
 DATASET_LEVEL = {"manifest", "images", "rejected_images", "train_pool", "val_pool", "test",
                  "test_embeddings"}
+
+
+def covered(datasets: list[str]) -> str:
+    """The name of the set of datasets a cell's summary covers, in its outputs' names and
+    paths (``report__flowers102+eurosat``), so a run with another dataset list writes
+    another report instead of overwriting this one. Long lists get a short hash."""
+    name = "+".join(datasets)
+    if len(name) <= 80:
+        return name
+    return f"{len(datasets)}_datasets_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def bound(func, **fixed):

@@ -133,17 +133,17 @@ def test_pipeline_renders_the_report_from_results(tmp_path):
                 + create_summary_pipeline({"pets": ["simple"]}, CELL, list(methods)))
     out = tmp_path / "out"
     for name in pipeline.all_outputs():
-        if "report_confusion_" in name or "curves" in name or name.endswith("accuracy_chart"):
+        if "report_confusion_" in name or "curves" in name or name.endswith("accuracy_chart__pets"):
             catalog[name] = FigureDataset(filepath=str(out / f"{name}.png"))
     # what the test reads afterwards must outlive the run (memory datasets are released)
-    catalog[f"{CELL.name}.comparison_table"] = ParquetDataset(
+    catalog[f"{CELL.name}.comparison_table__pets"] = ParquetDataset(
         filepath=str(tmp_path / "comparison.parquet"))
     catalog[f"{R}.report_per_class_f1"] = ParquetDataset(filepath=str(tmp_path / "f1.parquet"))
-    catalog[f"{CELL.name}.run_record"] = JSONDataset(filepath=str(tmp_path / "record.json"))
-    catalog[f"{CELL.name}.report"] = TextDataset(filepath=str(tmp_path / "report.html"))
+    catalog[f"{CELL.name}.run_record__pets"] = JSONDataset(filepath=str(tmp_path / "record.json"))
+    catalog[f"{CELL.name}.report__pets"] = TextDataset(filepath=str(tmp_path / "report.html"))
     SequentialRunner().run(pipeline, catalog)
 
-    comparison = catalog.load(f"{CELL.name}.comparison_table")
+    comparison = catalog.load(f"{CELL.name}.comparison_table__pets")
     assert comparison["method"].tolist() == ["zero_shot_simple", "linear_probe", "lora"]
     metrics = [catalog.load(f"{'pets' if m.startswith('zero') else C}.{p}_metrics")
                for m, p in methods.items()]
@@ -155,14 +155,14 @@ def test_pipeline_renders_the_report_from_results(tmp_path):
     f1 = catalog.load(f"{R}.report_per_class_f1")
     assert f1.columns.tolist() == ["class_name", "support", *methods]
 
-    record = catalog.load(f"{CELL.name}.run_record")
+    record = catalog.load(f"{CELL.name}.run_record__pets")
     assert record["splits"]["pets"] == {"train": 20, "val": 10, "test": 20, "classes": 5,
                                         "rejected": 1}
     assert record["seeds"] == {"few_shot_seed": 1, "split.seed": 0, "lora training seed": 1}
     assert record["prompt_templates"]["simple"]["pets"] == ["a photo of a {}."]
     assert record["methods"]["lora"] == {"method": "lora", "lora": {"r": 2}}
     assert len(record["environment"]["git"]["commit"]) in (40, len("unknown"))
-    page = catalog.load(f"{CELL.name}.report")
+    page = catalog.load(f"{CELL.name}.report__pets")  # named by the datasets it covers
     # chart + confusion x 3 methods + lora's curves; the samples are JPEG thumbnails
     assert page.count("data:image/png;base64,") == 1 + 3 + 1
     assert page.count("data:image/jpeg;base64,") == 3 * 16
@@ -171,3 +171,14 @@ def test_pipeline_renders_the_report_from_results(tmp_path):
     low, high = comparison.loc[0, ["top1_ci_low", "top1_ci_high"]]
     assert f"({low:.4f}–{high:.4f})" in page
     assert len(list(out.glob("*.png"))) == 1 + 3 + 1
+
+
+def test_the_summary_is_named_by_the_datasets_it_covers():
+    one = create_summary_pipeline({"pets": ["simple"]}, CELL, ["lora"])
+    two = create_summary_pipeline({"pets": ["simple"], "cars": ["simple"]}, CELL, ["lora"])
+    assert f"{CELL.name}.report__pets" in one.all_outputs()
+    assert f"{CELL.name}.report__pets+cars" in two.all_outputs()
+    many = create_summary_pipeline({f"dataset_{i}": ["simple"] for i in range(20)}, CELL,
+                                   ["lora"])
+    (report,) = [o for o in many.all_outputs() if ".report__" in o]
+    assert report.startswith(f"{CELL.name}.report__20_datasets_") and len(report) < 60

@@ -107,21 +107,25 @@ def _record_inputs(datasets: list[str]) -> dict[str, str]:
 def _summary_pipeline(prompt_sets: dict[str, list[str]], cell: Cell, methods: list[str]
                       ) -> Pipeline:
     """In the namespace ``<cell>``: it reads the report sections ``<cell>.<d>.*``, and the
-    splits that made the cell (``<d>.test``, ``<d>.<cell>.train``, ...)."""
+    splits that made the cell (``<d>.test``, ``<d>.<cell>.train``, ...). Its outputs are
+    named by the datasets they cover (``<cell>.report__<d1>+<d2>``)."""
     datasets = list(prompt_sets)
     record = _record_inputs(datasets)
+    out = {name: f"{name}__{namespaces.covered(datasets)}" for name in (
+        "comparison_table", "comparison_table_markdown", "accuracy_chart", "run_record",
+        "report")}
     nodes = Pipeline([
         Node(comparison, [f"{d}.report_results" for d in datasets],
-             ["comparison_table", "comparison_table_markdown", "accuracy_chart"],
+             [out["comparison_table"], out["comparison_table_markdown"], out["accuracy_chart"]],
              name="comparison", tags=["reporting"]),
         Node(_bound(record_run, methods=methods, datasets=prompt_sets, shots=cell.shots,
                     few_shot_seed=cell.seed),
-             record, "run_record", name="record_run", tags=["reporting"]),
+             record, out["run_record"], name="record_run", tags=["reporting"]),
         Node(_bound(report, datasets=datasets),
-             {"comparison_table": "comparison_table", "accuracy_chart": "accuracy_chart",
-              "record": "run_record",
+             {"comparison_table": out["comparison_table"], "accuracy_chart": out["accuracy_chart"],
+              "record": out["run_record"],
               **{f"section__{d}": f"{d}.report_section" for d in datasets}},
-             "report", name="report", tags=["reporting"]),
+             out["report"], name="report", tags=["reporting"]),
     ])
     splits = {f"{d}.{part}": (f"{d}.{cell.name}.{part}" if part in ("train", "val")
                               else f"{d}.{part}")
