@@ -117,7 +117,7 @@ def test_kedro_viz_build_exports_every_pipeline_offline(smoke_project):
     assert "gpu" in tasks["train_lora"]["tags"]
     data = {n["name"]: n for n in main["nodes"] if n["type"] == "data"}
     assert data["shots_8_seed_1.synthetic.report_confusion_lora"]["layer"] == "reporting"
-    assert data["shots_8_seed_1.report"]["layer"] == "reporting"
+    assert data["shots_8_seed_1.report__synthetic"]["layer"] == "reporting"
     node_id = data["shots_8_seed_1.synthetic.report_confusion_lora"]["id"]
     detail = json.loads((smoke_project / "build/api/nodes" / node_id).read_text())
     assert detail["preview_type"] == "ImagePreview" and len(detail["preview"]) > 1000
