@@ -190,6 +190,7 @@ class EmbeddingStore:
         for path in small:
             path.unlink(missing_ok=True)
 
+
 def cached_embeddings(store: EmbeddingStore, hashes: Sequence[str],
                       encode: Callable[[np.ndarray], np.ndarray],
                       chunk_rows: int = SHARD_ROWS, desc: str = "images") -> np.ndarray:
@@ -199,12 +200,12 @@ def cached_embeddings(store: EmbeddingStore, hashes: Sequence[str],
     hashes = np.asarray(hashes)
     found, rows = store.lookup(hashes)
     unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    todo = np.sort(first[~found[first]])
+    to_encode = np.sort(first[~found[first]])  # one position per missing content
     logger.info("%s: %d of %d images reused from the embedding store %s", desc,
                 int(found.sum()), len(hashes), store.folder)
     encoded: np.ndarray | None = None
-    for start in range(0, len(todo), chunk_rows):
-        part = todo[start:start + chunk_rows]
+    for start in range(0, len(to_encode), chunk_rows):
+        part = to_encode[start:start + chunk_rows]
         chunk = np.asarray(encode(part), dtype=np.float32)
         store.add(hashes[part], chunk)
         if encoded is None:
