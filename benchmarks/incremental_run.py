@@ -75,6 +75,11 @@ def _run(root: Path) -> tuple[float, dict[str, list[str]]]:
     return seconds, json.loads((root / "data/.fingerprints/_last_run.json").read_text())
 
 
+def _slowest(seconds: dict[str, float], count: int = 6) -> str:
+    top = sorted(seconds.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{name} {value:.1f}" for name, value in top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("photos", nargs="?", type=Path, default=DEFAULT)
@@ -93,7 +98,8 @@ def main() -> None:
             seconds, last = _run(root)
             rows.append((label, seconds, len(last["ran"]), len(last["reused"])))
             print(f"{label}: {seconds:.1f} s, ran {len(last['ran'])}, reused "
-                  f"{len(last['reused'])}", flush=True)
+                  f"{len(last['reused'])}; in nodes {sum(last['seconds'].values()):.1f} s, "
+                  f"the slowest: {_slowest(last['seconds'])}", flush=True)
         first = rows[0][1]
         print("\n| run | seconds | of the first | nodes run | reused |\n|---|---|---|---|---|")
         for label, seconds, ran, reused in rows:

@@ -9,6 +9,7 @@ import importlib
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -85,7 +86,9 @@ def test_a_second_run_runs_nothing(project, caplog):
     assert calls == ["make", "double", "total"]
     with caplog.at_level("INFO"):
         calls, last = _run(project)
-    assert calls == [] and last == {"ran": [], "reused": ["make", "double", "total"]}
+    assert calls == [] and last["ran"] == [] and last["reused"] == ["make", "double", "total"]
+    assert last["up_to_date"] and sorted(Path(p).name for p in last["files"]) == [
+        "doubled.parquet", "numbers.parquet", "summary.json"]
     assert "Nothing to run: all 3 nodes are up to date" in caplog.text
 
 
@@ -149,4 +152,4 @@ def test_a_folder_a_parameter_names_is_part_of_the_fingerprint(project):
     assert hashes.folder(folder) == first  # same content
     (folder / "b.txt").write_text("b")
     assert hashes.folder(folder) != first
-    assert list(fingerprints._folders({"dataset": {"root": str(folder)}})) == [str(folder)]
+    assert list(fingerprints.folders_named({"dataset": {"root": str(folder)}})) == [str(folder)]

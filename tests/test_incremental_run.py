@@ -48,6 +48,27 @@ def test_a_second_run_runs_nothing(project):
     ran, log = _ran(project)
     assert ran == []
     assert "Nothing to run: all" in log
+    assert "checked before loading the pipelines" in log  # quick_check: same command
+
+
+def test_the_quick_check_gives_way_to_the_full_one_when_a_file_changed(project):
+    # an output edited by hand: the full check finds which node made it
+    results = project / "data/08_reporting/clip-lora-tiny__random" / CELL
+    chart = next(results.glob("accuracy_*.png"))
+    chart.write_bytes(chart.read_bytes() + b"\0")
+    ran, log = _ran(project)
+    assert ran == [f"{CELL}.comparison"], ran
+    assert "was changed outside the run" in log
+    # a file added to the image folder the parameters name: its listing reruns
+    notes = project / "data/01_raw/synthetic/notes.txt"
+    notes.write_text("not an image")
+    ran, _ = _ran(project)
+    assert "synthetic.download" in ran
+    notes.unlink()
+    ran, _ = _ran(project)
+    assert "synthetic.download" in ran
+    ran, log = _ran(project)
+    assert ran == [] and "checked before loading the pipelines" in log
 
 
 def test_a_new_prompt_set_runs_only_its_nodes_and_the_reports(project):
@@ -101,6 +122,7 @@ def test_a_killed_run_recomputes_that_node_and_nothing_before_it(project):
             process.send_signal(signal.SIGKILL)  # as the training starts
             break
     process.wait(timeout=60)
+    assert not (project / "data/.fingerprints/_quick_check.json").exists()
     ran, _ = _ran(project, "--params", "adaptation_methods.lora.max_steps=200")
     assert ran[0] == f"synthetic.{CELL}.train_lora", ran
     assert all("lora" in name or _reporting(name) for name in ran), ran

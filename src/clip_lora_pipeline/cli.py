@@ -1,15 +1,24 @@
 """The project's ``kedro run``: Kedro's own command with ``FingerprintRunner`` as the
 default runner, so a plain ``kedro run`` recomputes only what changed. Nodes named with
 ``--nodes`` or ``--from-nodes`` run whatever their fingerprints say: that is a request
-to re-run them. ``--runner SequentialRunner`` gives Kedro's behaviour back."""
+to re-run them. ``--runner SequentialRunner`` gives Kedro's behaviour back. Before the
+pipelines are built (which imports torch), ``quick_check`` may find that the last
+complete run was this same command and that nothing has changed since: the run then
+stops there."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import os
+from pathlib import Path
 
 import click
 from kedro.framework.cli.project import run as kedro_run
+
+from clip_lora_pipeline.fingerprints import RECORD_DIR
+from clip_lora_pipeline.quick_check import QuickCheck
+from clip_lora_pipeline.runner import RECOMPUTE_ENV, truthy
 
 DEFAULT_RUNNER = "clip_lora_pipeline.runner.FingerprintRunner"
 
@@ -32,8 +41,27 @@ def _forcing_named_nodes(callback):
         named = kwargs.get("node_names") or kwargs.get("from_nodes")
         if named and kwargs.get("runner") in (None, DEFAULT_RUNNER):
             kwargs["runner_params"] = {"recompute": "true", **(kwargs.get("runner_params") or {})}
-        return callback(**kwargs)
+        check = _quick_check(kwargs)
+        if check is None:
+            return callback(**kwargs)
+        if check.unchanged():
+            check.report()
+            return {}
+        check.forget()  # until this run completes, nothing is known to be up to date
+        result = callback(**kwargs)
+        check.save()
+        return result
     return run
+
+
+def _quick_check(options: dict):
+    """The quick check (``quick_check``) where the fingerprint runner would decide, and
+    nothing asks for a recompute."""
+    runner_params = options.get("runner_params") or {}
+    if options.get("runner") not in (None, DEFAULT_RUNNER) or truthy(
+            runner_params.get("recompute", "")) or truthy(os.environ.get(RECOMPUTE_ENV, "")):
+        return None
+    return QuickCheck(options, Path(runner_params.get("records", RECORD_DIR)))
 
 
 @click.group(name="clip-lora-pipeline")

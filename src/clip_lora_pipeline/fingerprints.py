@@ -56,7 +56,7 @@ def file_sha(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _stat(path: Path) -> list[int]:
+def file_stat(path: Path) -> list[int]:
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]
 
@@ -142,7 +142,7 @@ class FileHashes:
         self.changed = False
 
     def sha(self, path: Path) -> str:
-        key, stat = str(path.resolve()), _stat(path)
+        key, stat = str(path.resolve()), file_stat(path)
         entry = self.known.get(key)
         if entry is None or entry[:2] != stat:
             self.known[key] = [*stat, file_sha(path)]
@@ -160,16 +160,16 @@ class FileHashes:
             self.changed = False
 
 
-def _folders(value: Any) -> Iterable[str]:
+def folders_named(value: Any) -> Iterable[str]:
     if isinstance(value, dict):
         for key, item in value.items():
             if key in FOLDER_KEYS and isinstance(item, str) and os.path.isdir(item):
                 yield item
             else:
-                yield from _folders(item)
+                yield from folders_named(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _folders(item)
+            yield from folders_named(item)
 
 
 # The record ---------------------------------------------------------------------------
@@ -204,14 +204,14 @@ class Ledger:
     def input_fingerprint(self, name: str) -> str:
         if name.startswith("params:") or name == "parameters":
             value = self.catalog.get(name).load()  # not catalog.load: it logs each load
-            return digest(value, [self._folder(f) for f in _folders(value)])
+            return digest(value, [self._folder(f) for f in folders_named(value)])
         path = self._filepath(name)
         if path is None:
             return "in memory"
         if not path.exists():
             return "missing"
         entry = self._written.get(name)  # by its producer: no need to read it again
-        if entry and entry["stat"] == _stat(path):
+        if entry and entry["stat"] == file_stat(path):
             return entry["sha"]
         return self.files.sha(path)
 
@@ -233,7 +233,7 @@ class Ledger:
             if not path.exists():
                 why.append(f"output {name} is missing")
             elif name not in record["outputs"] or (
-                    record["outputs"][name]["stat"] != _stat(path)
+                    record["outputs"][name]["stat"] != file_stat(path)
                     and record["outputs"][name]["sha"] != self.files.sha(path)):
                 why.append(f"output {name} was changed outside the run")
         old = record["parts"]
@@ -260,7 +260,7 @@ class Ledger:
         for name in node.outputs:
             path = self._filepath(name)
             if path is not None and path.exists():
-                outputs[name] = {"sha": file_sha(path), "stat": _stat(path)}
+                outputs[name] = {"sha": file_sha(path), "stat": file_stat(path)}
         record = {"node": node.name, "parts": self.fingerprint(node), "outputs": outputs}
         with atomic_path(self._record_path(node.name)) as staging:
             staging.write_text(json.dumps(record, indent=1))
@@ -268,7 +268,23 @@ class Ledger:
         self._written.update(outputs)
         self.files.save()
 
-    def write_run(self, ran: list[str], reused: list[str]) -> None:
-        """What the last run did, for scripts and tests: ``_last_run.json``."""
+    def up_to_date(self, nodes) -> bool:
+        """Whether every node's fingerprint, taken again now, is the one recorded."""
+        self._folders.clear()
+        return all(not self.reasons(node, self.fingerprint(node)) for node in nodes)
+
+    def paths(self, nodes) -> list[str]:
+        """The files the nodes read or write (those kept in files)."""
+        names = sorted({name for node in nodes for name in (*node.inputs, *node.outputs)
+                        if not name.startswith("params:") and name != "parameters"})
+        return [str(path) for path in map(self._filepath, names) if path is not None]
+
+    def write_run(self, seconds: dict[str, float], reused: list[str], nodes) -> None:
+        """What the last run did, for scripts, tests and ``quick_check``:
+        ``_last_run.json`` (the nodes run, in order, with the seconds each took, those
+        reused, whether all are now up to date, and the files they read or write)."""
         with atomic_path(self.folder / "_last_run.json") as staging:
-            staging.write_text(json.dumps({"ran": ran, "reused": reused}, indent=1))
+            staging.write_text(json.dumps(
+                {"ran": list(seconds), "seconds": seconds, "reused": reused,
+                 "up_to_date": self.up_to_date(nodes), "files": self.paths(nodes)},
+                indent=1))

@@ -7,6 +7,7 @@ of the run (``cli.py`` asks for it when nodes are named with ``--nodes``/``--fro
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from itertools import chain
 from pathlib import Path
@@ -19,7 +20,7 @@ from clip_lora_pipeline.fingerprints import RECORD_DIR, Ledger
 RECOMPUTE_ENV = "CLIP_LORA_RECOMPUTE"
 
 
-def _truthy(value: object) -> bool:
+def truthy(value: object) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -27,7 +28,7 @@ class FingerprintRunner(SequentialRunner):
     def __init__(self, is_async: bool = False, recompute: bool | str = False,
                  records: str | Path = RECORD_DIR):
         super().__init__(is_async=is_async)
-        self.recompute = _truthy(recompute) or _truthy(os.environ.get(RECOMPUTE_ENV, ""))
+        self.recompute = truthy(recompute) or truthy(os.environ.get(RECOMPUTE_ENV, ""))
         self.records = Path(records)
 
     def _run(self, pipeline, catalog, hook_manager=None, run_id=None) -> None:
@@ -36,7 +37,7 @@ class FingerprintRunner(SequentialRunner):
         self._validate_nodes(nodes)
         self._set_manager_datasets(catalog)
         load_counts = Counter(chain.from_iterable(n.inputs for n in nodes))
-        ledger, reused, done = Ledger(catalog, self.records), [], []
+        ledger, reused, done, seconds = Ledger(catalog, self.records), [], [], {}
         for node in nodes:
             why = (["a full recompute was asked for"] if self.recompute
                    else ledger.reasons(node, ledger.fingerprint(node)))
@@ -45,6 +46,7 @@ class FingerprintRunner(SequentialRunner):
                 continue
             self._logger.info("Running %s: %s", node.name, "; ".join(why))
             ledger.forget(node)
+            start = time.perf_counter()
             try:
                 Task(node=node, catalog=catalog, hook_manager=hook_manager,
                      is_async=self._is_async, run_id=run_id).execute()
@@ -52,10 +54,11 @@ class FingerprintRunner(SequentialRunner):
                 self._suggest_resume_scenario(pipeline, done, catalog)
                 raise
             ledger.record(node)
+            seconds[node.name] = round(time.perf_counter() - start, 3)
             done.append(node)
             self._logger.info("Completed node: %s", node.name)
             self._release_datasets(node, catalog, load_counts, pipeline)
-        ledger.write_run([n.name for n in done], reused)
+        ledger.write_run(seconds, reused, nodes)
         self._log_summary(reused, len(nodes))
 
     def _log_summary(self, reused: list[str], total: int) -> None:

@@ -247,10 +247,24 @@ def test_all_shots_keeps_everything():
 def test_adding_images_to_one_class_leaves_another_class_few_shot_sample_unchanged():
     train = _images((30, 30))
     grown = _images((30, 45))
+    added = set(grown["path"]) - set(train["path"])
     for shots in (4, 16):
         before = sample_few_shot(train, shots, seed=1, split="train")
         after = sample_few_shot(grown, shots, seed=1, split="train")
         pd.testing.assert_frame_equal(before[before["label"] == 0].reset_index(drop=True),
                                       after[after["label"] == 0].reset_index(drop=True))
-        assert not before[before["label"] == 1]["path"].equals(
-            after[after["label"] == 1]["path"])
+        # in the grown class, a drawn image leaves the sample only for an added one
+        old, new = (set(frame[frame["label"] == 1]["path"]) for frame in (before, after))
+        assert new - old <= added and len(new - old) == len(old - new)
+        assert len(old & new) >= shots // 2  # most stay: 15 of 45 images are new
+
+
+def test_few_shot_draw_is_the_k_smallest_keys_of_the_class():
+    # drawing 4 of a class then growing it to all: the 4 are the first 4 of a larger draw
+    train = _images((40, 40))
+    small = sample_few_shot(train, 4, seed=3, split="train")
+    large = sample_few_shot(train, 12, seed=3, split="train")
+    for label in (0, 1):
+        assert set(small[small["label"] == label]["path"]) \
+            < set(large[large["label"] == label]["path"])
+    assert not small.equals(sample_few_shot(train, 4, seed=4, split="train"))

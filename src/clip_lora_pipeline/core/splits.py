@@ -20,14 +20,6 @@ class SplitError(ValueError):
     """The data cannot be split as configured."""
 
 
-def _shuffled(frame: pd.DataFrame, seed: int, label: int) -> pd.DataFrame:
-    # One generator per (seed, class): a class's draw never depends on other classes,
-    # and sorting by path first makes it independent of the input row order.
-    rng = np.random.default_rng([seed, label])
-    ordered = frame.sort_values("path", ignore_index=True)
-    return ordered.iloc[rng.permutation(len(ordered))]
-
-
 def split_key(path: str, seed: int) -> float:
     """A uniform number in [0, 1) from the seed and an image's relative path alone.
 
@@ -36,6 +28,15 @@ def split_key(path: str, seed: int) -> float:
     """
     digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
     return (int.from_bytes(digest[:8], "big") >> 11) / 2.0**53
+
+
+def _first_drawn(group: pd.DataFrame, shots: int, seed: int) -> pd.DataFrame:
+    """The ``shots`` images of a class with the smallest seeded hash of their path (a
+    uniform draw without replacement). A class's draw depends on its own images only;
+    images added later displace a drawn image only where their hash ranks below it, so
+    a growing dataset keeps most of its sample (and its trained results) unchanged."""
+    keys = [split_key(f"few-shot/{path}", seed) for path in group["path"].tolist()]
+    return group.iloc[np.argsort(keys, kind="stable")[:shots]]
 
 
 def _bounds(fractions: dict[str, float]) -> np.ndarray:
@@ -185,7 +186,7 @@ def sample_few_shot(frame: pd.DataFrame, shots: int | None, seed: int, split: st
     for label, group in frame.groupby("label", sort=True):
         name = group["class_name"].iloc[0]
         if len(group) >= shots:
-            picked.append(_shuffled(group, seed, int(label)).iloc[:shots])
+            picked.append(_first_drawn(group, shots, seed))
         elif allow_repeats:
             picked.append(_filled_up(group, shots, seed, int(label)))
             short[name] = len(group)
