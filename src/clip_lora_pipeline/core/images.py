@@ -7,7 +7,7 @@ import logging
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.runtime import usable_cpus
+from clip_lora_pipeline.core.validation_store import ValidationStore, content_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -189,13 +190,43 @@ def check_images(paths: list[Path], num_workers: int | None = None) -> list[Imag
         )
 
 
+def cached_checks(paths: list[Path], cache: str | Path,
+                  num_workers: int | None = None) -> list[ImageCheck]:
+    """``check_images``, read back from the validation cache (``core.validation_store``)
+    for every file whose content it holds; the files checked are added to it."""
+    store = ValidationStore(cache)
+    hashes = content_hashes(paths)
+    checks = [None if r is None else ImageCheck(**r) for r in store.lookup(hashes)]
+    to_check = [i for i, check in enumerate(checks) if check is None]
+    fresh = check_images([paths[i] for i in to_check], num_workers) if to_check else []
+    _store_fresh(store, [paths[i] for i in to_check], [hashes[i] for i in to_check], fresh)
+    for i, check in zip(to_check, fresh):
+        checks[i] = check
+    logger.info("validate: %d of %d images checked, %d read back from the validation "
+                "cache %s", len(to_check), len(paths), len(paths) - len(to_check), store.folder)
+    return checks
+
+
+def _store_fresh(store: ValidationStore, paths: list[Path], hashes: list[str | None],
+                 checks: list[ImageCheck]) -> None:
+    """Add the results that belong to the content hashed before the check. Hashed again:
+    a file rewritten while it was checked has a result that belongs to neither content.
+    A reason naming the path, should a decoder's message hold it, belongs to that path."""
+    after = content_hashes(paths)
+    keep = [k for k, (path, before, now, check) in enumerate(zip(paths, hashes, after, checks))
+            if now is not None and now == before and str(path) not in (check.reason or "")]
+    store.add([hashes[k] for k in keep], [asdict(checks[k]) for k in keep])
+
+
 def validate_images(
     manifest: pd.DataFrame,
     root: Path,
     on_bad_image: str = "skip",
     num_workers: int | None = None,
+    cache: str | Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decode every image of ``manifest`` once, in parallel threads.
+    """Decode every image of ``manifest`` once, in parallel threads; with a ``cache``
+    folder, only those whose content it has no result for (``cached_checks``).
 
     Returns the manifest of good images (with width, height and original mode) and
     a table of rejected files with their reason. With ``on_bad_image='fail'`` any
@@ -206,7 +237,9 @@ def validate_images(
         raise ValueError(
             f"validation.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}."
         )
-    checks = check_images([root / p for p in manifest["path"]], num_workers)
+    paths = [root / p for p in manifest["path"]]
+    checks = cached_checks(paths, cache, num_workers) if cache else check_images(
+        paths, num_workers)
     reasons = pd.Series([c.reason for c in checks], index=manifest.index, dtype="string")
     bad = reasons.notna()
     rejected = manifest.loc[bad, ["path", "class_name"]].assign(reason=reasons[bad])

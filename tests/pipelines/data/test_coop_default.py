@@ -59,8 +59,9 @@ def test_base_flowers102_runs_on_coop_split_at_16_shots(tmp_path, base_params):
     cell = Cell(16, base_params["few_shot_seed"])
     params = {
         "params:dataset_configs.flowers102": {**entry, "root": str(tmp_path / "flowers102")},
-        **{f"params:{k}": base_params[k] for k in ("download", "validation", "split",
-                                                     "val_shots")},
+        **{f"params:{k}": base_params[k] for k in ("download", "split", "val_shots")},
+        # the validation cache under tmp_path, not the project's data/
+        "params:validation": {**base_params["validation"], "cache": str(tmp_path / "cache")},
     }
     outputs = ["manifest", "train_pool", "val_pool", "test", f"{cell.name}.train",
                f"{cell.name}.val"]

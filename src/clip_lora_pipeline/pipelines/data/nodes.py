@@ -57,13 +57,16 @@ def download(dataset: dict[str, Any], download_options: dict[str, Any]) -> pd.Da
 def validate(
     manifest: pd.DataFrame, dataset: dict[str, Any], validation: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decode every image once; return the usable images and the rejected ones."""
+    """Decode every image once; return the usable images and the rejected ones.
+    ``validation.cache``: the folder of the content-addressed validation cache
+    (``core.validation_store``) that files already checked are read back from; None: none."""
     root = _settings(dataset).root
     images, rejected = validate_images(
         manifest,
         root,
         on_bad_image=validation.get("on_bad_image", "skip"),
         num_workers=validation.get("num_workers"),
+        cache=validation.get("cache"),
     )
     if len(rejected):
         counts = rejected["reason"].str.split(":").str[0].value_counts()
