@@ -106,7 +106,12 @@ def test_kedro_viz_build_exports_every_pipeline_offline(smoke_project):
     run_kedro(smoke_project, "viz", "build", "--include-previews", env={"KEDRO_ENV": "smoke"})
     main = json.loads((smoke_project / "build/api/main").read_text())
     assert {p["id"] for p in main["pipelines"]} >= {
-        "__default__", "data", "zero_shot", "feature_methods", "lora", "reporting", "sweep"}
+        "__default__", "data", "zero_shot", "feature_methods", "lora", "reporting", "sweep",
+        "retrain"}
+    retrain = json.loads((smoke_project / "build/api/pipelines/retrain").read_text())
+    assert {"register_lora", "evaluate_champion_lora", "promote_lora", "model_history_lora",
+            "train_lora", "validate"} <= {n["name"] for n in retrain["nodes"]
+                                          if n["type"] == "task"}
     assert {"raw", "intermediate", "primary", "feature", "model", "reporting"} <= set(
         main["layers"])
     tasks = {n["name"]: n for n in main["nodes"] if n["type"] == "task"}

@@ -70,3 +70,24 @@ def cli() -> None:
 
 
 cli.add_command(_with_default_runner(kedro_run), "run")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", type=int, default=None,
+              help="The version to make champion (default: the one promoted before it).")
+@click.option("--env", "-e", default=None, help="The Kedro environment (its mlflow.yml).")
+def rollback(name: str, version: int | None, env: str | None) -> None:
+    """Point the `champion` alias of the registered model NAME (<dataset>-<method>) back.
+    No version is deleted; `retrain` and `predict` use the alias from then on."""
+    from kedro.framework.session import KedroSession
+
+    from clip_lora_pipeline.core.registry import Registry, RegistryError
+
+    with KedroSession.create(env=env) as session:
+        session.load_context()  # kedro-mlflow sets the tracking URI of mlflow.yml
+        try:
+            champion = Registry(name).rollback(version)
+        except RegistryError as error:
+            raise click.ClickException(str(error)) from None
+    click.echo(f"{name}: champion is now version {champion.version}.")

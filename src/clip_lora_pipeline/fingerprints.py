@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 PACKAGE = "clip_lora_pipeline"
 FOLDER_KEYS = ("root", "input")  # parameter keys whose value names a folder read by path
 RECORD_DIR = Path("data/.fingerprints")
+VOLATILE = "volatile"  # the tag of nodes that read state outside the catalog: always run
 _CHUNK = 1 << 20
 
 
@@ -222,6 +223,8 @@ class Ledger:
 
     def reasons(self, node, parts: dict[str, Any]) -> list[str]:
         """Why ``node`` must run; empty when its outputs are those of ``parts``."""
+        if VOLATILE in node.tags:
+            return ["it reads state outside the catalog (the model registry)"]
         record = self.records.get(node.name)
         if record is None:
             return ["no record of an earlier run"]

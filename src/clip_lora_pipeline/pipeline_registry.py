@@ -6,12 +6,14 @@ from kedro.pipeline import Pipeline
 
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.core.cells import Cell, SweepSettings
+from clip_lora_pipeline.core.promotion import RetrainSettings
 from clip_lora_pipeline.pipelines.data import pipeline as data
 from clip_lora_pipeline.pipelines.feature_methods import pipeline as feature_methods
 from clip_lora_pipeline.pipelines.lora import pipeline as lora
 from clip_lora_pipeline.pipelines.predict import pipeline as predict
 from clip_lora_pipeline.pipelines.reporting import pipeline as reporting
 from clip_lora_pipeline.pipelines.reporting.pipeline import method_results
+from clip_lora_pipeline.pipelines.retrain import pipeline as retrain
 from clip_lora_pipeline.pipelines.sweep import pipeline as sweep
 from clip_lora_pipeline.pipelines.zero_shot import pipeline as zero_shot
 
@@ -64,6 +66,20 @@ class _Project:
         prompt_sets = dict.fromkeys(s for n in self.names for s in self.prompt_sets[n])
         return list(method_results(list(prompt_sets), self.feature_names, self.methods))
 
+    def retrain(self, params, cell: Cell) -> Pipeline:
+        """The data, the configured method's training and evaluation (no export) and
+        the gate, for ``retrain.dataset``; wrong settings give one failing node."""
+        try:
+            settings = RetrainSettings.from_params(params.get("retrain") or {}, self.names,
+                                                   self.methods)
+        except (TypeError, ValueError) as error:
+            return retrain.failing(str(error))
+        name, method = settings.dataset, settings.method
+        trained = lora.for_cell(name, cell, [method])
+        return (data.for_dataset(name) + data.for_cell(name, cell)
+                + (trained - trained.only_nodes_with_tags("export"))
+                + retrain.for_cell(name, cell, method))
+
     def sweep_aggregate(self, grid: SweepSettings) -> Pipeline:
         per_cell = {n: method_results([], self.feature_names, self.methods) for n in self.names}
         zero = {n: [f"zero_shot_{s}" for s in self.prompt_sets[n]] for n in self.names}
@@ -104,4 +120,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         "zero_shot": zero_shot_pipeline,
         "feature_methods": feature_pipeline,
         "sweep": sweep_pipeline,
+        # Not in __default__: it writes to the model registry.
+        "retrain": project.retrain(params, cell),
     }

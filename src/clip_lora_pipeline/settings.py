@@ -3,8 +3,9 @@
 from clip_lora_pipeline.core.model_id import slug_resolver
 from clip_lora_pipeline.hooks import ProjectHooks
 from clip_lora_pipeline.project_config import ProjectConfigLoader
+from clip_lora_pipeline.tracking import MlflowTracking
 
-HOOKS = (ProjectHooks(),)
+HOOKS = (ProjectHooks(), MlflowTracking())
 
 CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {

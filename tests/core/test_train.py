@@ -121,7 +121,8 @@ def test_lora_learns_for_every_seed(shapes, seed):
     assert _val_accuracy(adapted, shapes) == pytest.approx(
         result.history["val_accuracy"].iloc[-1])
     assert result.trainable_parameters == sum(t.numel() for t in adapted.state().values())
-    assert result.peak_memory_mb > 0 and result.wall_seconds > 0
+    # 0 is possible: pages freed by earlier work in this process can hold it all
+    assert result.peak_memory_mb >= 0 and result.wall_seconds > 0
 
 
 def test_bitfit_and_linear_head_train_through_the_same_loop(shapes):

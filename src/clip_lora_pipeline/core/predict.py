@@ -36,6 +36,8 @@ from clip_lora_pipeline.core.runtime import (
 logger = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero_shot"
+# A model from the registry (retrain's <dataset>-<method>): an alias or a version "v3".
+REGISTERED = ("champion", "challenger")
 PARAMETER_KEYS = ("input", "dataset", "model", "prompt_set", "top_k")
 
 
@@ -75,16 +77,24 @@ class PredictSettings:
                 "every key."
             )
         _one_of("predict.dataset", params["dataset"], datasets, "the 'datasets' parameter")
-        models = [ZERO_SHOT, *features, *methods]
-        _one_of("predict.model", params["model"], models,
-                f"zero_shot, an entry of 'feature_methods' ({', '.join(features)}) or of "
-                "'adaptation_methods'")
+        models = [ZERO_SHOT, *features, *methods, *REGISTERED]
+        if not is_registered(params["model"]):
+            _one_of("predict.model", params["model"], models,
+                    f"zero_shot, an entry of 'feature_methods' ({', '.join(features)}) or "
+                    "of 'adaptation_methods', or a registered model: champion, challenger "
+                    "or a version such as v3")
         prompt_set = params.get("prompt_set")
         if params["model"] == ZERO_SHOT:
             _one_of("predict.prompt_set", prompt_set, prompt_sets, "an entry of 'prompt_sets'")
         top_k = params.get("top_k", 5)
         _check_top_k(top_k)
         return cls(str(params["input"]), params["dataset"], params["model"], prompt_set, top_k)
+
+
+def is_registered(model: Any) -> bool:
+    """An alias or version of the model registry (``champion``, ``v3``)."""
+    return model in REGISTERED or (isinstance(model, str) and model[:1] == "v"
+                                   and model[1:].isdigit())
 
 
 def _one_of(name: str, value: Any, allowed: Sequence[str], what: str) -> None:

@@ -42,6 +42,7 @@ def _catalog(tmp_path, data):
         "params:model": MemoryDataset(MODEL),
         "params:runtime": MemoryDataset(RUNTIME),
         "params:checkpoint_root": MemoryDataset(str(tmp_path / "checkpoints")),
+        "params:embedding_store": MemoryDataset(str(tmp_path / "store")),
         **{f"params:adaptation_methods.{m}": MemoryDataset(v) for m, v in METHODS.items()},
     }
     for name, frame in (("manifest", manifest), ("test", test)):

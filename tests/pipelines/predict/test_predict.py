@@ -165,7 +165,7 @@ def test_top_k_table_ranks_classes_with_softmax_probabilities():
 
 # Parameters ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("change", "message"), [
-    ({"model": "lroa"}, r"predict\.model is 'lroa'.*\['zero_shot', 'linear_probe', 'text_init_head', 'lora'\]"),
+    ({"model": "lroa"}, r"predict\.model is 'lroa'.*\['zero_shot', 'linear_probe', 'text_init_head', 'lora', 'champion', 'challenger'\]"),
     ({"dataset": "flowers"}, r"predict\.dataset is 'flowers'.*\['shapes'\]"),
     ({"model": "zero_shot", "prompt_set": "fancy"}, r"predict\.prompt_set is 'fancy'.*\['simple'\]"),
     ({"top_k": 0}, r"predict\.top_k must be an integer >= 1, got 0"),

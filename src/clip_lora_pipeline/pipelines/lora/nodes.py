@@ -13,12 +13,12 @@ import pandas as pd
 
 from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip, load_clip
+from clip_lora_pipeline.core.adapted_eval import score_adapter
 from clip_lora_pipeline.core.attention import open_clip_state_dict
 from clip_lora_pipeline.core.manifest import class_table
-from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import model_slug, uses_quick_gelu
 from clip_lora_pipeline.core.models import release_shared_model
-from clip_lora_pipeline.core.runtime import RuntimeSettings, resolve_num_workers
+from clip_lora_pipeline.core.runtime import RuntimeSettings
 from clip_lora_pipeline.core.train import TrainingLoop
 
 logger = logging.getLogger(__name__)
@@ -77,15 +77,12 @@ def train_adapter(
 def evaluate_adapter(
     test: pd.DataFrame, adapter: dict[str, Any], summary: dict[str, Any],
     dataset: dict[str, Any], model_params: dict[str, Any], runtime: dict[str, Any],
+    embedding_store: str | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """The trained model's metrics and tables on the full test split."""
-    adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
-    settings = RuntimeSettings.from_params(runtime)
-    logits = adapted.predict(_paths(test, dataset), adapted.preprocess, settings.batch_size,
-                             resolve_num_workers(settings.num_workers, adapted.device))
-    metrics, per_class, predictions = evaluate(
-        logits, test["label"].to_numpy(), adapter["config"]["classes"], test["path"].tolist()
-    )
+    """The trained model's metrics and tables on the full test split; its logits are
+    kept per image in ``embedding_store`` under the adapter's identity."""
+    metrics, per_class, predictions = score_adapter(
+        adapter, test, dataset["root"], model_params, runtime, embedding_store)
     metrics.update({k: summary[k] for k in (
         "method", "shots", "trainable_parameters", "training_seconds", "peak_memory_mb")})
     return metrics, per_class, predictions

@@ -10,7 +10,8 @@ from clip_lora_pipeline.pipelines.lora.nodes import (
     train_adapter,
 )
 
-SHARED = {"params:model", "params:runtime", "params:checkpoint_root"}
+SHARED = {"params:model", "params:runtime", "params:checkpoint_root",
+          "params:embedding_store"}
 
 
 def create_pipeline(methods: list[str], cell: Cell) -> Pipeline:
@@ -31,7 +32,7 @@ def create_pipeline(methods: list[str], cell: Cell) -> Pipeline:
             Node(
                 evaluate_adapter,
                 ["test", f"{prefix}_adapter", f"{prefix}_summary", "params:dataset",
-                 "params:model", "params:runtime"],
+                 "params:model", "params:runtime", "params:embedding_store"],
                 [f"{prefix}_metrics", f"{prefix}_per_class", f"{prefix}_predictions"],
                 name=f"evaluate_{method}",
                 tags=["evaluation", "gpu", method],

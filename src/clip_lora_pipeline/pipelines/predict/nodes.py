@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pandas as pd
@@ -14,6 +15,10 @@ from clip_lora_pipeline.core.predict import (
     logits_from_text_classifier,
     top_k_table,
 )
+from clip_lora_pipeline.core.registry import Registry, registered_name
+from clip_lora_pipeline.datasets import SafetensorsDataset
+
+logger = logging.getLogger(__name__)
 
 
 def find_new_images(params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -58,3 +63,18 @@ def predict_adapted(
     root = image_root(params["input"])
     return _table(images, logits_from_adapter(images, root, adapter, model_params, runtime),
                   params)
+
+
+def predict_registered(
+    images: pd.DataFrame, model_params: dict[str, Any], runtime: dict[str, Any],
+    params: dict[str, Any], retrain: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Top-k classes by the registered adapter ``predict.model`` names (an alias such as
+    ``champion``, or ``v3``) of ``<predict.dataset>-<retrain.method>``."""
+    registry = Registry(registered_name(params["dataset"], retrain["method"]))
+    reference = params["model"].lstrip("v") if params["model"][1:].isdigit() else params["model"]
+    version = registry.require(reference)
+    logger.info("Predicting with %s version %d (%s)", registry.name, version.version,
+                ", ".join(version.aliases) or "no alias")
+    adapter = SafetensorsDataset(str(registry.download(version))).load()
+    return predict_adapted(images, adapter, model_params, runtime, params)

@@ -11,11 +11,13 @@ from typing import Any
 from kedro.pipeline import Node, Pipeline
 
 from clip_lora_pipeline.core.cells import Cell
-from clip_lora_pipeline.core.predict import ZERO_SHOT, PredictSettings
+from clip_lora_pipeline.core.predict import ZERO_SHOT, PredictSettings, is_registered
+from clip_lora_pipeline.fingerprints import VOLATILE
 from clip_lora_pipeline.pipelines.predict.nodes import (
     find_new_images,
     predict_adapted,
     predict_feature_method,
+    predict_registered,
     predict_zero_shot,
 )
 
@@ -34,6 +36,8 @@ def model_artifact(settings: PredictSettings, cell: Cell, features: list[str]) -
 
 def create_pipeline(settings: PredictSettings, cell: Cell, features: list[str]) -> Pipeline:
     """``features``: the names of the methods on cached features."""
+    if is_registered(settings.model):  # read from the model registry by the node itself
+        return _pipeline(predict_registered, ["params:retrain"], set(), settings, [VOLATILE])
     artifact = model_artifact(settings, cell, features)
     if settings.model == ZERO_SHOT:
         predict = predict_zero_shot
@@ -41,6 +45,15 @@ def create_pipeline(settings: PredictSettings, cell: Cell, features: list[str]) 
         predict = predict_feature_method
     else:
         predict = predict_adapted
+    return _pipeline(predict, [artifact], {artifact}, settings)
+
+
+def _pipeline(predict, model_inputs: list[str], inputs: set[str],
+              settings: PredictSettings, tags: list[str] = ()) -> Pipeline:
+    """Find the images, then ``predict`` with ``model_inputs``: the model's catalog
+    entry, or the parameters that name it in the registry."""
+    registry = [i for i in model_inputs if i.startswith("params:")]
+    artifact = [i for i in model_inputs if not i.startswith("params:")]
     return Pipeline(
         [
             Node(
@@ -50,16 +63,17 @@ def create_pipeline(settings: PredictSettings, cell: Cell, features: list[str]) 
             ),
             Node(
                 predict,
-                ["images", artifact, "params:model", "params:runtime", "params:predict"],
+                ["images", *artifact, "params:model", "params:runtime", "params:predict",
+                 *registry],
                 ["predictions", "predictions_csv"],
                 name=f"predict_{settings.model}",
-                tags=["gpu"],
+                tags=["gpu", *tags],
             ),
         ],
         tags="predict",
         namespace="predict",
-        inputs={artifact},
-        parameters=PARAMETERS,
+        inputs=inputs,
+        parameters=PARAMETERS | set(registry),
     )
 
 

@@ -1,0 +1,1 @@
+"""Scheduled retraining: challenger, champion, promotion gate and model history."""

@@ -1,0 +1,77 @@
+"""What kedro-mlflow does not log by itself, into the MLflow run it opens for each
+``kedro run`` (its hook logs the parameters, flattened, per conf/base/mlflow.yml):
+
+- every method's metrics, as ``<dataset>.<cell>.<method>_metrics.<name>``;
+- each report, as an artefact under ``reports/``;
+- each trained adapter or feature-method model, registered as a version of
+  ``<dataset>-<method>`` with its inputs' content hashes (the data it was trained on)
+  and the node that made it.
+
+Nothing is logged when no MLflow run is active (tracking disabled for the pipeline).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+
+from clip_lora_pipeline.core.registry import Registry, file_sha256, registered_name
+
+logger = logging.getLogger(__name__)
+
+# <dataset>.<cell>.adapted_<method>_adapter | <dataset>.<cell>.<method>_model
+_TRAINED = re.compile(r"(?P<dataset>[^.]+)\.(?P<cell>[^.]+)\."
+                      r"(?:adapted_(?P<adapted>\w+)_adapter|(?P<feature>\w+)_model)")
+
+
+class MlflowTracking:
+    def __init__(self) -> None:
+        self._catalog = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
+        if mlflow.active_run() is None:
+            return
+        leaf = dataset_name.rsplit(".", 1)[-1]
+        if leaf.endswith("_metrics") and isinstance(data, dict):
+            mlflow.log_metrics({f"{dataset_name}.{key}": float(value)
+                                for key, value in data.items() if _number(value)})
+        elif leaf.startswith("report__") and (path := self._path(dataset_name)):
+            mlflow.log_artifact(str(path), "reports")
+        elif (found := _TRAINED.fullmatch(dataset_name)) and not leaf.endswith("merged_model"):
+            self._register(dataset_name, found, node)
+
+    def _register(self, dataset_name: str, found: re.Match, node) -> None:
+        path = self._path(dataset_name)
+        if path is None:
+            return
+        method = found["adapted"] or found["feature"]
+        inputs = {f"input.{name}.sha256": file_sha256(p) for name in node.inputs
+                  if not name.startswith("params:") and (p := self._path(name))}
+        version = Registry(registered_name(found["dataset"], method)).register(
+            path, {"dataset": found["dataset"], "method": method, "cell": found["cell"],
+                   "node": node.name, **inputs})
+        logger.info("Registered %s as %s version %d", dataset_name, version.name,
+                    version.version)
+
+    def _path(self, name: str) -> Path | None:
+        if self._catalog is None:
+            return None
+        dataset = self._catalog.get(name, fallback_to_runtime_pattern=True)
+        filepath = getattr(dataset, "_describe", dict)().get("filepath")
+        return Path(filepath) if filepath and Path(filepath).is_file() else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
