@@ -27,7 +27,7 @@ def tracked(smoke_project):
 def test_parameters_are_flattened_and_metrics_logged(tracked):
     _, _, run = tracked
     assert run.data.params["adaptation_methods.lora.lora.r"] == "4"
-    assert run.data.params["few_shot_seed"] == "1"
+    assert run.data.params["few_shot_seed"] == "1" and run.data.params["shots"] == "8"
     metrics = run.data.metrics
     for method in ("adapted_lora", "adapted_bitfit", "linear_probe", "tip_adapter"):
         assert 0 <= metrics[f"synthetic.{CELL}.{method}_metrics.top1"] <= 1

@@ -1,6 +1,8 @@
 """What kedro-mlflow does not log by itself, into the MLflow run it opens for each
 ``kedro run`` (its hook logs the parameters, flattened, per conf/base/mlflow.yml):
 
+- the few-shot cell (``shots``, ``few_shot_seed``), which nodes get bound, not as
+  parameters;
 - every method's metrics, as ``<dataset>.<cell>.<method>_metrics.<name>``;
 - each report, as an artefact under ``reports/``;
 - each trained adapter or feature-method model, registered as a version of
@@ -37,6 +39,15 @@ class MlflowTracking:
     @hook_impl
     def after_catalog_created(self, catalog) -> None:
         self._catalog = catalog
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        # kedro-mlflow's own before_pipeline_run (a plugin: called first) opened the run
+        if mlflow.active_run() is None:
+            return
+        cell = {key: catalog.get(f"params:{key}").load() for key in ("shots", "few_shot_seed")
+                if f"params:{key}" in catalog}
+        mlflow.log_params({key: value for key, value in cell.items() if value is not None})
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
