@@ -36,6 +36,7 @@ from clip_lora_pipeline.core.checkpoints import (
     restore_rng,
     rng_state,
 )
+from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.runtime import (
     PeakMemory,
     RuntimeSettings,
@@ -54,7 +55,7 @@ from clip_lora_pipeline.core.train_inputs import (
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError, ValueError):
     """A training run that cannot go on as asked."""
 
 
