@@ -65,6 +65,8 @@ NOISY_LOGS = (
     ("py.warnings", r".*[/\\]mlflow[/\\]pyfunc[/\\].*Add type hints to the `predict` method"),
     # Kedro's runner logs under its subclass's module; the summary says it next.
     ("clip_lora_pipeline.runner", r"Pipeline execution completed successfully"),
+    # The next node's "Running" line says as much; the file keeps each node's end.
+    ("clip_lora_pipeline.runner", r"Completed node: "),
 )
 
 

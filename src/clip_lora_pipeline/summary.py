@@ -35,8 +35,9 @@ def best_methods(comparison: Path) -> list[str]:
         best = rows.loc[rows["top1"].idxmax()]
         interval = (f" (95% CI {best['top1_ci_low']:.1%}-{best['top1_ci_high']:.1%})"
                     if "top1_ci_low" in best else "")
+        methods = f"{len(rows)} method" + ("s" if len(rows) > 1 else "")
         lines.append(f"  {dataset}, {cell}: {best['method']} {best['top1']:.1%} top-1"
-                     f"{interval}, of {len(rows)} methods")
+                     f"{interval}, of {methods}")
     return lines
 
 
