@@ -29,8 +29,8 @@ def test_the_smoke_run_prints_no_library_warnings_and_ends_with_its_summary(smok
     assert re.fullmatch(r"  synthetic, shots_8_seed_1: \w+ \d+\.\d% top-1 .*", stdout_end[2])
     assert stdout_end[3] == ("Report: data/08_reporting/clip-lora-tiny__random/shots_8_seed_1/"
                              "report_synthetic.html")
-    logs = list((smoke_project / "data/09_logs").glob("*.log"))
-    assert logs and "Completed node: shots_8_seed_1.report" in logs[0].read_text()
+    log = re.search(r"^Log: (data/09_logs/\S+\.log)$", output, re.M)
+    assert log and "Completed node: shots_8_seed_1.report" in (smoke_project / log[1]).read_text()
 
 
 @pytest.mark.slow
