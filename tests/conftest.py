@@ -102,12 +102,17 @@ def copy_project(copy: Path) -> Path:
     return copy
 
 
+SMOKE_OUTPUT = "smoke_run_output.txt"  # what `kedro run --env smoke` printed, in the copy
+
+
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory) -> Path:
     """A temporary copy of the project after ``kedro run --env smoke``. Shared by the
-    end-to-end tests, which read its outputs or re-run parts of it."""
+    end-to-end tests, which read its outputs or re-run parts of it; what the run printed
+    (stdout and stderr) is in its ``SMOKE_OUTPUT``."""
     copy = copy_project(tmp_path_factory.mktemp("project"))
-    run_kedro(copy, "run", "--env", "smoke")
+    result = run_kedro(copy, "run", "--env", "smoke")
+    (copy / SMOKE_OUTPUT).write_text(result.stdout + result.stderr)
     return copy
 
 

@@ -15,15 +15,16 @@ TRAINED = ["linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "cl
 
 
 def _completed(project, node: str) -> int:
-    """How many times ``node`` completed, from the run log (info.log, unwrapped)."""
+    """How many times ``node`` completed, from the runs' log files (data/09_logs)."""
     return sum(line.endswith(f"Completed node: {node}")
-               for line in (project / "info.log").read_text().splitlines())
+               for log in (project / "data/09_logs").glob("*.log")
+               for line in log.read_text().splitlines())
 
 
 def _mtimes(project) -> dict[str, int]:
     return {str(p.relative_to(project)): p.stat().st_mtime_ns
             for p in (project / "data").rglob("*")
-            if p.is_file() and ".fingerprints" not in p.parts}
+            if p.is_file() and not {".fingerprints", "09_logs"} & set(p.parts)}
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,26 @@ default runner, so a plain ``kedro run`` recomputes only what changed. Nodes nam
 to re-run them. ``--runner SequentialRunner`` gives Kedro's behaviour back. Before the
 pipelines are built (which imports torch), ``quick_check`` may find that the last
 complete run was this same command and that nothing has changed since: the run then
-stops there."""
+stops there.
+
+Each run writes its log file (``logs``). An error the user can fix (``core.errors``)
+ends the run with its message alone, its traceback going to that file; ``-v`` shows
+every warning and log line, and the traceback."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
+import time
 from pathlib import Path
 
 import click
 from kedro.framework.cli.project import run as kedro_run
 
+from clip_lora_pipeline import logs
+from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.fingerprints import RECORD_DIR
 from clip_lora_pipeline.quick_check import QuickCheck
 from clip_lora_pipeline.runner import RECOMPUTE_ENV, truthy
@@ -31,13 +39,44 @@ def _with_default_runner(command: click.Command) -> click.Command:
             param.default = DEFAULT_RUNNER
             param.help = (f"The runner (default: {DEFAULT_RUNNER}, which skips nodes whose "
                           "inputs, parameters and code are unchanged).")
-    command.callback = _forcing_named_nodes(command.callback)
+    command.params.append(click.Option(
+        ["--verbose", "-v"], is_flag=True,
+        help=f"Every warning and log line, and the traceback of any error (as {logs.VERBOSE_ENV}=1)."))
+    command.callback = _logged(_forcing_named_nodes(command.callback))
     return command
+
+
+def _logged(callback):
+    """The run's log file around ``callback``; a user error ends it as one message."""
+    @functools.wraps(callback)
+    def run(verbose: bool = False, **kwargs):
+        if verbose:
+            os.environ[logs.VERBOSE_ENV] = "1"
+            logs.setup()
+        opened = logs.open_run_log()
+        try:
+            return callback(**kwargs)
+        except Exception as error:
+            logs.to_run_log("The run stopped:", logging.ERROR, error)
+            found = logs.user_error(error)
+            if found is None or logs.verbose():
+                raise
+            raise click.ClickException(stopped_message(found, logs.run_log())) from None
+        finally:
+            if opened:
+                logs.close_run_log()
+    return run
+
+
+def stopped_message(error: UserError, log: Path | None) -> str:
+    where = f"its traceback is in {log}; " if log else ""
+    return f"{error}\n({type(error).__name__}: {where}`kedro run -v` prints it.)"
 
 
 def _forcing_named_nodes(callback):
     @functools.wraps(callback)
     def run(**kwargs):
+        start = time.perf_counter()
         named = kwargs.get("node_names") or kwargs.get("from_nodes")
         if named and kwargs.get("runner") in (None, DEFAULT_RUNNER):
             kwargs["runner_params"] = {"recompute": "true", **(kwargs.get("runner_params") or {})}
@@ -45,7 +84,7 @@ def _forcing_named_nodes(callback):
         if check is None:
             return callback(**kwargs)
         if check.unchanged():
-            check.report()
+            check.report(time.perf_counter() - start)
             return {}
         check.forget()  # until this run completes, nothing is known to be up to date
         result = callback(**kwargs)

@@ -9,6 +9,8 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from clip_lora_pipeline.core.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,7 +83,7 @@ def _stored(catalog, name: str) -> bool:
     return dataset.stored() if hasattr(dataset, "stored") else catalog.exists(name)
 
 
-class MissingInputsError(RuntimeError):
+class MissingInputsError(UserError, RuntimeError):
     """A run's inputs were never made by the steps upstream of it."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from kedro.config import AbstractConfigLoader, OmegaConfigLoader
 
+from clip_lora_pipeline.core.errors import SettingsError
+
 logger = logging.getLogger(__name__)
 
 _active_loader: AbstractConfigLoader | None = None
@@ -62,10 +64,10 @@ def dataset_names(params: dict[str, Any]) -> list[str]:
     names = params.get("datasets") or []
     configs = params.get("dataset_configs") or {}
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"parameter 'datasets' must be a list of names, got {names!r}.")
+        raise SettingsError(f"parameter 'datasets' must be a list of names, got {names!r}.")
     unknown = [n for n in names if n not in configs]
     if unknown:
-        raise ValueError(
+        raise SettingsError(
             f"datasets {unknown} have no entry under 'dataset_configs' in the parameters; "
             f"configured: {sorted(configs)}. Add e.g.\n  dataset_configs:\n    {unknown[0]}:\n"
             f"      source: image_folder\n      root: /path/to/{unknown[0]}"
@@ -80,7 +82,7 @@ def dataset_names(params: dict[str, Any]) -> list[str]:
 def _mapping_keys(params: dict[str, Any], key: str, what: str) -> list[str]:
     value = params.get(key) or {}
     if not isinstance(value, dict):
-        raise ValueError(f"parameter '{key}' must map a name to {what}; got {value!r}.")
+        raise SettingsError(f"parameter '{key}' must map a name to {what}; got {value!r}.")
     return list(value)
 
 
@@ -117,7 +119,7 @@ def check_run_settings(params: dict[str, Any]) -> None:
         if catalog_model is not None and dict(params["model"]) != dict(catalog_model):
             # --params changes the parameters, not globals.yml, and the catalog names
             # every feature and result by the globals' model: they would be mixed up.
-            raise ValueError(
+            raise SettingsError(
                 f"parameter 'model' is {dict(params['model'])}, but the output paths are "
                 f"named by globals.yml's model {dict(catalog_model)}. Change the model in "
                 "conf/<env>/globals.yml (or --env), not with --params.")
@@ -137,9 +139,9 @@ def adaptation_method_names(params: dict[str, Any]) -> list[str]:
     features = [entry.name for entry in feature_methods(params)]
     taken = [n for n in names if n in features or n.startswith("zero_shot")]
     if taken:
-        raise ValueError(f"adaptation_methods {taken}: feature_methods {features} and names "
-                         "starting with 'zero_shot' are the reports' names for other methods; "
-                         "rename them.")
+        raise SettingsError(f"adaptation_methods {taken}: feature_methods {features} and names "
+                            "starting with 'zero_shot' are the reports' names for other methods; "
+                            "rename them.")
     from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 
     for name in names:  # a typo anywhere in an entry fails here, named

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from clip_lora_pipeline.fingerprints import (
     file_stat,
     folders_named,
 )
+from clip_lora_pipeline.summary import print_summary, summary_lines
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +112,10 @@ class QuickCheck:
                 "digest": self.digest(), "records": stats(self._records()),
                 "files": stats(run["files"]), "nodes": run["ran"] + run["reused"]}))
 
-    def report(self) -> None:
-        """The log line and ``_last_run.json`` of a run that did nothing."""
-        nodes = json.loads(self.path.read_text())["nodes"]
+    def report(self, seconds: float) -> None:
+        """The log line, summary and ``_last_run.json`` of a run that did nothing."""
+        saved = json.loads(self.path.read_text())
+        nodes = saved["nodes"]
         with atomic_path(self.path.parent / "_last_run.json") as staging:
             staging.write_text(json.dumps({"ran": [], "seconds": {}, "reused": nodes,
                                            "quick": True}, indent=1))
@@ -120,3 +123,6 @@ class QuickCheck:
                     "last complete run, with the same code, configuration and files; "
                     "checked before loading the pipelines. CLIP_LORA_RECOMPUTE=1 "
                     "recomputes all).", len(nodes))
+        # the files of the last complete run, which this one would have made again
+        print_summary(summary_lines(0, len(nodes), seconds, saved["files"],
+                                    sys.stdout.isatty()))

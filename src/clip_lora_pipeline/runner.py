@@ -38,20 +38,24 @@ class FingerprintRunner(SequentialRunner):
         self._set_manager_datasets(catalog)
         load_counts = Counter(chain.from_iterable(n.inputs for n in nodes))
         ledger, reused, done, seconds = Ledger(catalog, self.records), [], [], {}
-        for node in nodes:
+        for position, node in enumerate(nodes, 1):
             why = (["a full recompute was asked for"] if self.recompute
                    else ledger.reasons(node, ledger.fingerprint(node)))
             if not why:
                 reused.append(node.name)
                 continue
-            self._logger.info("Running %s: %s", node.name, "; ".join(why))
+            self._logger.info("Running %s: %s (node %d of %d)", node.name, "; ".join(why),
+                              position, len(nodes))
             ledger.forget(node)
             start = time.perf_counter()
             try:
                 Task(node=node, catalog=catalog, hook_manager=hook_manager,
                      is_async=self._is_async, run_id=run_id).execute()
             except Exception:
-                self._suggest_resume_scenario(pipeline, done, catalog)
+                # Not Kedro's advice (--from-nodes), which would recompute those nodes.
+                if done:
+                    self._logger.warning("%d of %d nodes finished and are kept; the same "
+                                         "command resumes after them.", len(done), len(nodes))
                 raise
             ledger.record(node)
             seconds[node.name] = round(time.perf_counter() - start, 3)

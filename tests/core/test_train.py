@@ -11,6 +11,8 @@ lr 5e-3 and 80 steps. The code path is the same.
 from __future__ import annotations
 
 import contextlib
+import itertools
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -25,7 +27,12 @@ from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.runtime import RuntimeSettings
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
-from clip_lora_pipeline.core.train import TrainingError, TrainingLoop, training_loss
+from clip_lora_pipeline.core.train import (
+    Pace,
+    TrainingError,
+    TrainingLoop,
+    training_loss,
+)
 from clip_lora_pipeline.core.train_inputs import TrainingBatches
 from tests.core.tiny import assert_close
 
@@ -402,3 +409,24 @@ def test_the_linear_head_without_alignment_never_runs_the_text_tower(shapes, mon
     aligned = _adapted(shapes, head="linear", text_alignment_weight=0.5, max_steps=2)
     _fit(aligned, shapes)
     assert len(calls) >= 2  # with a weight, every step uses the text head
+
+
+def test_the_loop_estimates_its_duration_and_names_quicker_settings_when_slow(shapes, caplog):
+    # a clock that moves 100 s at every reading: each timed step takes 100 s
+    clock = itertools.count(step=100.0)
+    adapted = _adapted(shapes, seed=1)
+    with mock.patch("clip_lora_pipeline.core.train.time",
+                    SimpleNamespace(perf_counter=lambda: next(clock))), \
+            caplog.at_level("INFO", logger="clip_lora_pipeline.core.train"):
+        _fit(adapted, shapes, quicker="lower adaptation_methods.lora.max_steps")
+    # 80 steps: 2 of warm-up and 8 timed, 70 left
+    assert "Training lora: about 1 h 56 min for the 70 steps left on cpu (100.00 s a step" \
+        in caplog.text
+    assert "Over an hour on CPU; for a quicker run, lower adaptation_methods.lora.max_steps." \
+        in caplog.text
+
+
+def test_pace_leaves_out_the_warm_up_and_answers_once():
+    pace = Pace(warmup=2, timed=3)
+    answers = [pace.add(seconds) for seconds in (9.0, 9.0, 1.0, 2.0, 3.0, 4.0)]
+    assert answers == [None, None, None, None, 2.0, None]

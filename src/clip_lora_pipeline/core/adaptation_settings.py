@@ -18,6 +18,7 @@ from clip_lora_pipeline.core.backbone import (
     is_number,
 )
 from clip_lora_pipeline.core.backbone_methods import BACKBONE_METHODS
+from clip_lora_pipeline.core.errors import SettingsError
 
 HEADS = ("text", "linear")
 SELECTS = ("last", "best_val")
@@ -136,13 +137,13 @@ def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
     _check_mapping(params, where)
     kind = params.get("method", TrainSettings.method)
     if not isinstance(kind, str) or kind not in BACKBONE_METHODS:
-        raise ValueError(f"{where}.method is {kind!r}; allowed: {sorted(BACKBONE_METHODS)}.")
+        raise SettingsError(f"{where}.method is {kind!r}; allowed: {sorted(BACKBONE_METHODS)}.")
     method = BACKBONE_METHODS[kind]
     train_keys = [f.name for f in dataclasses.fields(TrainSettings)]
     unknown = sorted(set(params) - {*train_keys, method.name})
     if unknown:
-        raise ValueError(f"{', '.join(f'{where}.{k}' for k in unknown)}: unknown with method "
-                         f"{kind}; {where} takes {sorted([*train_keys, method.name])}.")
+        raise SettingsError(f"{', '.join(f'{where}.{k}' for k in unknown)}: unknown with method "
+                            f"{kind}; {where} takes {sorted([*train_keys, method.name])}.")
     train = _build(TrainSettings, {k: v for k, v in params.items() if k != method.name}, where)
     own = params.get(method.name)
     _check_mapping(own, f"{where}.{method.name}", optional=True)
@@ -152,12 +153,12 @@ def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
 
 def _check_mapping(value: Any, where: str, optional: bool = False) -> None:
     if not isinstance(value, Mapping) and not (optional and value is None):
-        raise ValueError(f"{where} must map settings to values (see "
-                         f"conf/base/parameters_lora.yml); got {value!r}.")
+        raise SettingsError(f"{where} must map settings to values (see "
+                            f"conf/base/parameters_lora.yml); got {value!r}.")
 
 
 def _build(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
     try:
         return typed.from_params(cls, values, where)
     except SettingError as exc:  # its message starts with the key
-        raise ValueError(f"{where}.{exc}") from None
+        raise SettingsError(f"{where}.{exc}") from None

@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from clip_lora_pipeline.core.errors import SettingsError
 
-class SettingError(ValueError):
+
+class SettingError(SettingsError):
     """A wrong setting value. The message starts with the setting's key, so whoever
     knows where the settings sit prefixes it (``adaptation_methods.<name>.``)."""
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
+from clip_lora_pipeline.core.errors import SettingsError
+
 # What the published few-shot tables use (CoOp, Tip-Adapter, CLIP-LoRA).
 PROTOCOL_SHOTS = (1, 2, 4, 8, 16)
 PROTOCOL_SEEDS = (1, 2, 3)
 
 
-class CellError(ValueError):
+class CellError(SettingsError):
     """Shots, seeds or a sweep grid that cannot be run."""
 
 

@@ -18,13 +18,15 @@ from pathlib import Path
 import gdown
 from tqdm.auto import tqdm
 
+from clip_lora_pipeline.core.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _USER_AGENT = "clip-lora-pipeline (python urllib)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A remote file could not be fetched or failed its checksum."""
 
 

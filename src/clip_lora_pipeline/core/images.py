@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from clip_lora_pipeline.core.errors import SettingsError, UserError
 from clip_lora_pipeline.core.runtime import usable_cpus
 from clip_lora_pipeline.core.validation_store import ValidationStore, content_hashes
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 ON_BAD_IMAGE = ("skip", "fail")
 
 
-class BadImagesError(ValueError):
+class BadImagesError(UserError, ValueError):
     """Validation stops the run: files were rejected and ``on_bad_image`` is 'fail', or
     a class has no readable image left.
 
@@ -234,7 +235,7 @@ def validate_images(
     image always raises. Both errors carry the rejected table (``BadImagesError.rejected``).
     """
     if on_bad_image not in ON_BAD_IMAGE:
-        raise ValueError(
+        raise SettingsError(
             f"validation.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}."
         )
     paths = [root / p for p in manifest["path"]]

@@ -24,6 +24,7 @@ from clip_lora_pipeline.core.backbone import (
     is_number,
 )
 from clip_lora_pipeline.core.dropout import use_fast_dropout
+from clip_lora_pipeline.core.errors import SettingsError
 
 ENCODERS = ("vision", "text", "both")
 MATRICES = ("q", "k", "v", "o", "mlp")
@@ -81,8 +82,8 @@ def target_module_names(model: nn.Module, settings: LoraSettings) -> list[str]:
         count = len(model.get_submodule(prefix))
         first, last = settings.blocks or (0, count)
         if not 0 <= first < last <= count:
-            raise ValueError(f"lora.blocks {list(settings.blocks)} is outside the {tower} "
-                             f"tower's blocks 0..{count}; set blocks: [first, last) within them.")
+            raise SettingsError(f"lora.blocks {list(settings.blocks)} is outside the {tower} "
+                                f"tower's blocks 0..{count}; set blocks: [first, last) within them.")
         for block in range(first, last):
             for matrix in settings.matrices:
                 names += [f"{prefix}.{block}.{m}" for m in _MATRIX_MODULES[matrix]]

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from clip_lora_pipeline.core.errors import UserError
+
 MANIFEST_COLUMNS = ["path", "label", "class_name", "source_split"]
 SPLITS = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A source produced an inconsistent manifest."""
 
 

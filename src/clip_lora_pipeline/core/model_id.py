@@ -14,11 +14,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from clip_lora_pipeline.core.errors import UserError
+
 QUICKGELU_SUFFIX = "-quickgelu"
 _FIELDS = ("name", "pretrained", "checkpoint", "quick_gelu")
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model cannot be found, downloaded or loaded as configured."""
 
 

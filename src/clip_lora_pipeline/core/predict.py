@@ -21,6 +21,7 @@ from clip_lora_pipeline.core.embed import (
     embeddings_matrix,
     encode_images,
 )
+from clip_lora_pipeline.core.errors import SettingsError
 from clip_lora_pipeline.core.images import check_images, image_files
 from clip_lora_pipeline.core.methods.registry import from_artifact
 from clip_lora_pipeline.core.metrics import ranked_classes
@@ -59,17 +60,17 @@ class PredictSettings:
         """``features``: the methods on cached features the project fits.
         Every mistake is a ValueError naming the parameter, its value and what it may be."""
         if not isinstance(params, dict):
-            raise ValueError(
+            raise SettingsError(
                 f"parameter 'predict' must map {list(PARAMETER_KEYS)} to values; got {params!r}. "
                 "See conf/base/parameters_predict.yml."
             )
         unknown = sorted(set(params) - set(PARAMETER_KEYS))
         if unknown:
-            raise ValueError(f"parameters {['predict.' + k for k in unknown]} are unknown; "
-                             f"known: {['predict.' + k for k in PARAMETER_KEYS]}.")
+            raise SettingsError(f"parameters {['predict.' + k for k in unknown]} are unknown; "
+                                f"known: {['predict.' + k for k in PARAMETER_KEYS]}.")
         missing = [k for k in ("input", "dataset", "model") if params.get(k) in (None, "")]
         if missing:
-            raise ValueError(
+            raise SettingsError(
                 f"parameters {['predict.' + k for k in missing]} are not set. Note: when "
                 "the run environment (e.g. conf/local) has parameter files without a "
                 "'predict' entry, `--params predict.<key>=...` replaces the whole entry; "
@@ -99,13 +100,13 @@ def is_registered(model: Any) -> bool:
 
 def _one_of(name: str, value: Any, allowed: Sequence[str], what: str) -> None:
     if value not in allowed:
-        raise ValueError(f"parameter {name} is {value!r}; allowed values ({what}): "
-                         f"{list(allowed)}.")
+        raise SettingsError(f"parameter {name} is {value!r}; allowed values ({what}): "
+                            f"{list(allowed)}.")
 
 
 def _check_top_k(top_k: Any) -> None:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"parameter predict.top_k must be an integer >= 1, got {top_k!r}.")
+        raise SettingsError(f"parameter predict.top_k must be an integer >= 1, got {top_k!r}.")
 
 
 # Finding the images --------------------------------------------------------------------
@@ -113,7 +114,7 @@ def image_root(input_path: str | os.PathLike) -> Path:
     """The folder image paths are relative to: the input folder, or the file's folder."""
     path = Path(input_path)
     if not path.exists():
-        raise ValueError(
+        raise SettingsError(
             f"predict.input {str(input_path)!r} does not exist (resolved to {path.resolve()}). "
             "Set the parameter predict.input to a folder of images or to one image file."
         )

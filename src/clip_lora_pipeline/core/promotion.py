@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from clip_lora_pipeline.core.errors import SettingsError
 from clip_lora_pipeline.core.metrics import accuracy_interval
 
 METRICS = ("top1", "top5", "mean_per_class_recall", "macro_f1")
@@ -34,27 +35,27 @@ class RetrainSettings:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise ValueError(f"retrain.metric must be one of {METRICS}, got {self.metric!r}.")
+            raise SettingsError(f"retrain.metric must be one of {METRICS}, got {self.metric!r}.")
         if not 0 <= self.floor <= 100:
-            raise ValueError(f"retrain.floor is in points (0-100), got {self.floor}.")
+            raise SettingsError(f"retrain.floor is in points (0-100), got {self.floor}.")
         if self.min_improvement < 0:
-            raise ValueError("retrain.min_improvement is in points and cannot be negative, "
-                             f"got {self.min_improvement}.")
+            raise SettingsError("retrain.min_improvement is in points and cannot be negative, "
+                                f"got {self.min_improvement}.")
 
     @classmethod
     def from_params(cls, params: dict[str, Any], datasets: list[str],
                     methods: list[str]) -> RetrainSettings:
         unknown = sorted(set(params) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"retrain has unknown keys {unknown}; it takes "
-                             f"{sorted(cls.__dataclass_fields__)}.")
+            raise SettingsError(f"retrain has unknown keys {unknown}; it takes "
+                                f"{sorted(cls.__dataclass_fields__)}.")
         settings = cls(**params)
         if settings.dataset not in datasets:
-            raise ValueError(f"retrain.dataset {settings.dataset!r} is not one of the "
-                             f"configured datasets {datasets}.")
+            raise SettingsError(f"retrain.dataset {settings.dataset!r} is not one of the "
+                                f"configured datasets {datasets}.")
         if settings.method not in methods:
-            raise ValueError(f"retrain.method {settings.method!r} is not one of the "
-                             f"adaptation methods {methods} (adaptation_methods).")
+            raise SettingsError(f"retrain.method {settings.method!r} is not one of the "
+                                f"adaptation methods {methods} (adaptation_methods).")
         return settings
 
 

@@ -14,6 +14,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.attention import is_marked_causal
+from clip_lora_pipeline.core.errors import SettingsError
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 
@@ -54,7 +55,7 @@ DATASET_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
-class PromptError(ValueError):
+class PromptError(SettingsError):
     """A prompt set is unknown or malformed."""
 
 

@@ -20,12 +20,14 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from clip_lora_pipeline.core.errors import UserError
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARTEFACT_DIR = "model"
 SHA_TAG = "artefact_sha256"
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """A registered model, version or alias that does not exist."""
 
 

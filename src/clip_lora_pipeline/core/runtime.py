@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from clip_lora_pipeline.core.errors import SettingsError
 from clip_lora_pipeline.core.model_id import ModelError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -70,8 +71,8 @@ def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
     if num_workers == "auto":
         return min(8, usable_cpus()) if device.type == "cuda" else 0
     if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"runtime.num_workers must be 'auto' or an integer >= 0, got "
-                         f"{num_workers!r}.")
+        raise SettingsError(f"runtime.num_workers must be 'auto' or an integer >= 0, got "
+                            f"{num_workers!r}.")
     return num_workers
 
 

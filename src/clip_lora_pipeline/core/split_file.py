@@ -16,12 +16,13 @@ from typing import Any
 
 import pandas as pd
 
+from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.manifest import SPLITS, make_manifest
 
 _SHOWN = 5  # missing or bad entries named in an error
 
 
-class SplitFileError(ValueError):
+class SplitFileError(UserError, ValueError):
     """A split file is malformed, inconsistent, or lists files that are not on disk."""
 
 

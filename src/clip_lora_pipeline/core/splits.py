@@ -11,12 +11,13 @@ import logging
 import numpy as np
 import pandas as pd
 
+from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.manifest import SPLITS
 
 logger = logging.getLogger(__name__)
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """The data cannot be split as configured."""
 
 

@@ -36,6 +36,8 @@ from clip_lora_pipeline.core.checkpoints import (
     restore_rng,
     rng_state,
 )
+from clip_lora_pipeline.core.durations import duration
+from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.runtime import (
     PeakMemory,
     RuntimeSettings,
@@ -54,7 +56,7 @@ from clip_lora_pipeline.core.train_inputs import (
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError, ValueError):
     """A training run that cannot go on as asked."""
 
 
@@ -116,6 +118,24 @@ class StepLog:
 
 
 LOG_EVERY = 10
+SLOW_SECONDS = 3600  # an estimate above this on CPU comes with the quicker settings
+
+
+class Pace:
+    """How long the steps left will take, from the seconds of the first ``timed`` steps
+    after ``warmup`` (which fill caches and pick kernels). Validation and checkpoints are
+    not in it: the loop times the steps alone."""
+
+    def __init__(self, warmup: int = 2, timed: int = 8):
+        self.warmup, self.timed, self.seconds = warmup, timed, []
+
+    def add(self, seconds: float) -> float | None:
+        """The seconds of one more step; the mean step, once, when enough are timed."""
+        if self.warmup:
+            self.warmup -= 1
+            return None
+        self.seconds.append(seconds)
+        return sum(self.seconds) / self.timed if len(self.seconds) == self.timed else None
 
 
 class TrainingLoop:
@@ -186,11 +206,14 @@ class TrainingLoop:
     def fit(self, train_paths: Sequence[str], train_labels: Sequence[int],
             val_paths: Sequence[str], val_labels: Sequence[int], eval_transform,
             total_steps: int, checkpoint_dir: Path | None = None,
-            runtime: RuntimeSettings | None = None) -> TrainResult:
+            runtime: RuntimeSettings | None = None, quicker: str | None = None
+            ) -> TrainResult:
         """Train for ``total_steps`` optimizer steps and keep the state ``select`` names.
         With ``checkpoint_dir``, a run that was interrupted resumes from its last
         checkpoint there. ``runtime``: loader workers, the pixel cache's size, and
-        whether GPU kernels must be deterministic."""
+        whether GPU kernels must be deterministic. After its first steps the loop logs
+        how long the rest will take; ``quicker`` (the settings to change, named as the
+        caller knows them) is logged too when that is over an hour on CPU."""
         runtime = runtime or RuntimeSettings()
         device, s = self.adapted.device, self.settings
         if device.type == "cpu":
@@ -208,22 +231,25 @@ class TrainingLoop:
         store = CheckpointStore(checkpoint_dir / "last") if checkpoint_dir else None
         run = self._resume(store, scheduler)
         with deterministic_algorithms(runtime.deterministic):
-            seconds = self._run(run, inputs, val, scheduler, store, total_steps)
+            seconds = self._run(run, inputs, val, scheduler, store, total_steps, quicker)
         self.adapted.eval()
         if s.select == "best_val":
             self.adapted.load_state(run.best)
         return self._result(run, seconds, memory)
 
     def _run(self, run: Progress, inputs: TrainingBatches, val: Validation, scheduler,
-             store: CheckpointStore | None, total_steps: int) -> float:
-        s, log = self.settings, StepLog(run.history)
+             store: CheckpointStore | None, total_steps: int, quicker: str | None) -> float:
+        s, log, pace = self.settings, StepLog(run.history), Pace()
         start = time.perf_counter() - run.elapsed
         self.adapted.train()
         bar = tqdm(total=total_steps, initial=run.step, desc=f"Training {s.method}", unit="step")
+        tick = time.perf_counter()
         for step, images, labels in inputs.steps(run.step, total_steps):
             loss, correct = self._step(images, labels)
             scheduler.step()
             run.step = step + 1
+            if (per_step := pace.add(time.perf_counter() - tick)) is not None:
+                self._announce(per_step, total_steps - run.step, quicker)
             log.add({"step": run.step, "loss": math.nan, "train_accuracy": math.nan,
                      "lr": scheduler.get_last_lr()[0], "val_accuracy": math.nan},
                     loss, correct, len(labels))
@@ -243,9 +269,20 @@ class TrainingLoop:
                 self._checkpoint(store, run, scheduler)
             if run.stopped_early:
                 break
+            tick = time.perf_counter()
         log.flush()
         bar.close()
         return time.perf_counter() - start
+
+    def _announce(self, per_step: float, steps_left: int, quicker: str | None) -> None:
+        device, left = self.adapted.device.type, per_step * steps_left
+        validation = (f", plus validation every {self.settings.eval_every} steps"
+                      if self.settings.eval_every else "")
+        logger.info("Training %s: about %s for the %d steps left on %s (%.2f s a step%s).",
+                    self.settings.method, duration(left), steps_left, device, per_step,
+                    validation)
+        if device == "cpu" and left > SLOW_SECONDS and quicker:
+            logger.warning("Over an hour on CPU; for a quicker run, %s.", quicker)
 
     def _result(self, run: Progress, seconds: float, memory: PeakMemory) -> TrainResult:
         best_val = self.settings.select == "best_val"

@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from clip_lora_pipeline.core import settings
 from clip_lora_pipeline.core.augment import crop_params, sample_seed
 from clip_lora_pipeline.core.embed import BatchToTensorNormalize
+from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.runtime import autocast, tune_cpu_allocator, usable_cpus
 
 
-class ViewsError(ValueError):
+class ViewsError(UserError, ValueError):
     """View settings or inputs that cannot work."""
 
 

@@ -19,9 +19,10 @@ import pandas as pd
 import torch
 
 from clip_lora_pipeline.core import settings
+from clip_lora_pipeline.core.errors import UserError
 
 
-class MethodError(ValueError):
+class MethodError(UserError, ValueError):
     """A method's settings or inputs that cannot work."""
 
 

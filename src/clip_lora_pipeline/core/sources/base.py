@@ -10,10 +10,11 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from clip_lora_pipeline.core.download import RemoteFile, fetch, missing_files
+from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.split_file import read_split_file
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source's files are missing or not in the expected layout."""
 
 

@@ -53,10 +53,14 @@ def train_adapter(
     }, sort_keys=True, default=str)
     folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
     train_settings = adapted.settings.train
+    steps = train_settings.total_steps(shots)
+    quicker = (f"lower adaptation_methods.{name}.max_steps (now {steps} steps) or pick a "
+               f"smaller model: model.name in conf/<env>/globals.yml (now "
+               f"{model_params['name']}; ViT-B-32 has a quarter of ViT-B-16's image tokens)")
     result = TrainingLoop(adapted).fit(
         _paths(train, dataset), train["label"].tolist(), _paths(val, dataset),
-        val["label"].to_numpy(), loaded.preprocess, train_settings.total_steps(shots),
-        checkpoint_dir=folder, runtime=run_settings,
+        val["label"].to_numpy(), loaded.preprocess, steps,
+        checkpoint_dir=folder, runtime=run_settings, quicker=quicker,
     )
     summary = {
         "method": train_settings.method, "shots": shots, "steps": result.steps_done,

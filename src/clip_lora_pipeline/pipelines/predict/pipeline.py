@@ -11,6 +11,7 @@ from typing import Any
 from kedro.pipeline import Node, Pipeline
 
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.errors import SettingsError
 from clip_lora_pipeline.core.predict import ZERO_SHOT, PredictSettings, is_registered
 from clip_lora_pipeline.fingerprints import VOLATILE
 from clip_lora_pipeline.pipelines.predict.nodes import (
@@ -78,7 +79,7 @@ def _pipeline(predict, model_inputs: list[str], inputs: set[str],
 
 
 def check_parameters(message: str) -> None:
-    raise ValueError(message)
+    raise SettingsError(message)
 
 
 def for_parameters(params: dict[str, Any], datasets: list[str],

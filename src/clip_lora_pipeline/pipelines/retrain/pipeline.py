@@ -7,6 +7,7 @@ from __future__ import annotations
 from kedro.pipeline import Node, Pipeline
 
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.errors import SettingsError
 from clip_lora_pipeline.fingerprints import VOLATILE
 from clip_lora_pipeline.pipelines import namespaces
 from clip_lora_pipeline.pipelines.retrain.nodes import (
@@ -41,7 +42,7 @@ def create_pipeline(method: str) -> Pipeline:
 
 
 def check_settings(message: str) -> None:
-    raise ValueError(message)
+    raise SettingsError(message)
 
 
 def failing(message: str) -> Pipeline:
