@@ -91,6 +91,9 @@ def test_a_user_error_ends_the_run_as_one_message_and_keeps_its_traceback(
 @pytest.mark.parametrize("error", [RuntimeError("a bug"), SettingsError("shots: bad")])
 def test_a_bug_and_any_error_with_verbose_keep_their_traceback(tmp_path, monkeypatch, error):
     monkeypatch.chdir(tmp_path)
+    # -v sets the variable in os.environ; setenv records it as unset, so teardown removes
+    # it (delenv would record the "1" and put it back, making every later run verbose)
+    monkeypatch.setenv(logs.VERBOSE_ENV, "")
     verbose = isinstance(error, SettingsError)
 
     def run():
@@ -98,7 +101,7 @@ def test_a_bug_and_any_error_with_verbose_keep_their_traceback(tmp_path, monkeyp
 
     with pytest.raises(type(error)):
         _logged(run)(verbose=verbose)
-    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    monkeypatch.setenv(logs.VERBOSE_ENV, "")
     logs.setup()  # quiet again for the tests after this one
 
 
