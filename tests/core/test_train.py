@@ -23,12 +23,12 @@ from safetensors.torch import load_file, save_file
 from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
+from clip_lora_pipeline.core.durations import Pace
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.runtime import RuntimeSettings
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.core.train import (
-    Pace,
     TrainingError,
     TrainingLoop,
     training_loss,

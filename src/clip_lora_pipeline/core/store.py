@@ -76,6 +76,14 @@ def encoding_description(preprocess, dtype, device_type: str) -> str:
                        "version": ENCODING_VERSION}, sort_keys=True)
 
 
+def complete_shards(folder: Path, pattern: re.Pattern) -> list[Path]:
+    """The shard files of ``folder``, sorted: staging files are hidden and never match
+    ``pattern``."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
+
+
 def _keys(hashes: Sequence[str]) -> np.ndarray:
     """Hex hashes as fixed-width byte strings (``S16``: sortable, comparable)."""
     return np.array([bytes.fromhex(h) for h in hashes], dtype=f"S{KEY_BYTES}")
@@ -93,10 +101,7 @@ class EmbeddingStore:
                 staging.write_text(description + "\n")
 
     def shards(self) -> list[Path]:
-        """The complete shards: staging files are hidden and never match."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.iterdir() if _SHARD.fullmatch(p.name))
+        return complete_shards(self.folder, _SHARD)
 
     def __len__(self) -> int:
         """Rows stored (a row in two shards, after parallel writers, counts twice)."""

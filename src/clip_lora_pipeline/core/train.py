@@ -36,7 +36,7 @@ from clip_lora_pipeline.core.checkpoints import (
     restore_rng,
     rng_state,
 )
-from clip_lora_pipeline.core.durations import duration
+from clip_lora_pipeline.core.durations import Pace, duration
 from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.runtime import (
     PeakMemory,
@@ -119,23 +119,6 @@ class StepLog:
 
 LOG_EVERY = 10
 SLOW_SECONDS = 3600  # an estimate above this on CPU comes with the quicker settings
-
-
-class Pace:
-    """How long the steps left will take, from the seconds of the first ``timed`` steps
-    after ``warmup`` (which fill caches and pick kernels). Validation and checkpoints are
-    not in it: the loop times the steps alone."""
-
-    def __init__(self, warmup: int = 2, timed: int = 8):
-        self.warmup, self.timed, self.seconds = warmup, timed, []
-
-    def add(self, seconds: float) -> float | None:
-        """The seconds of one more step; the mean step, once, when enough are timed."""
-        if self.warmup:
-            self.warmup -= 1
-            return None
-        self.seconds.append(seconds)
-        return sum(self.seconds) / self.timed if len(self.seconds) == self.timed else None
 
 
 class TrainingLoop:

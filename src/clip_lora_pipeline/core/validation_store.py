@@ -38,7 +38,7 @@ from PIL import Image
 
 from clip_lora_pipeline.core.atomic import atomic_path
 from clip_lora_pipeline.core.runtime import usable_cpus
-from clip_lora_pipeline.core.store import file_hash
+from clip_lora_pipeline.core.store import complete_shards, file_hash
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +87,7 @@ class ValidationStore:
                 staging.write_text(description + "\n")
 
     def shards(self) -> list[Path]:
-        """The complete shards: staging files are hidden and never match."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.iterdir() if _SHARD.fullmatch(p.name))
+        return complete_shards(self.folder, _SHARD)
 
     def lookup(self, hashes: Sequence[str | None]) -> list[Record | None]:
         """The stored record of each hash, in order; None where there is none. A shard
