@@ -5,8 +5,7 @@ one task per top-level namespace, the schedule and limits of airflow.yml, and th
 committed airflow/dags/ file equals it. A slower test runs the smoke environment's DAG
 with `airflow dags test`.
 
-Needs the `airflow` extra, which has its own venv (`make airflow-venv`); `make test`
-runs this file there when that venv exists, and it is skipped elsewhere.
+Needs the `airflow` extra, which `make test` installs; skipped in a venv without it.
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ from tests.conftest import PROJECT_ROOT, copy_project, run_kedro
 # is found instead, as a namespace package (no origin).
 _airflow = importlib.util.find_spec("airflow")
 if _airflow is None or _airflow.origin is None:
-    pytest.skip("Airflow is not installed in this venv: `make test` runs this file with "
-                ".venv-airflow when it exists (make airflow-venv)", allow_module_level=True)
+    pytest.skip("Airflow is not installed in this venv: pip install -e '.[airflow]' "
+                "(make test installs it)", allow_module_level=True)
 
 # The scheduled pipeline, whose DAG is committed in airflow/dags/ (make airflow-dag).
 PIPELINE = "retrain"
