@@ -51,6 +51,9 @@ class BackboneMethod(ABC):
     Settings: ClassVar[type]
     # What the method learns on, against the methods on cached features (core.methods).
     learns_on: ClassVar[str] = "images through the backbone"
+    # False where the trained parts cannot be folded into open_clip's own weights (learned
+    # prompt tokens): the export is then the adapter's tensors and config, as trained.
+    mergeable: ClassVar[bool] = True
 
     @abstractmethod
     def attach(self, clip: nn.Module, settings: Any) -> nn.Module:
@@ -70,5 +73,6 @@ class BackboneMethod(ABC):
         """Copy ``state``'s tensors back in; ``check_names`` first."""
 
     def merged(self, attached: nn.Module) -> nn.Module:
-        """A plain open_clip model computing what ``attached`` computes (a copy)."""
+        """A plain open_clip model computing what ``attached`` computes (a copy). Only
+        called where ``mergeable``."""
         return copy.deepcopy(attached)

@@ -97,8 +97,12 @@ def export_merged(
 ) -> dict[str, Any]:
     """Plain open_clip weights with the adapter merged in; load them with
     ``open_clip.create_model(name, pretrained=<this file>, force_quick_gelu=<config's
-    quick_gelu>)``."""
+    quick_gelu>)``. A method whose parts cannot be merged (``mergeable`` False: learned
+    prompts) exports its adapter's tensors as trained, with ``merged: false``;
+    ``predict`` loads those like any adapter."""
     adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
+    mergeable = adapted.settings.method.mergeable
     config = {"model": model_params["name"], "adapter": adapter["config"]["method"],
-              "quick_gelu": uses_quick_gelu(adapted.spec)}
-    return {"tensors": open_clip_state_dict(adapted.merged()), "config": config}
+              "quick_gelu": uses_quick_gelu(adapted.spec), "merged": mergeable}
+    tensors = open_clip_state_dict(adapted.merged()) if mergeable else adapter["tensors"]
+    return {"tensors": tensors, "config": config}
