@@ -168,3 +168,12 @@ def test_predicting_builds_no_optimiser_or_scaler(images, monkeypatch):
     monkeypatch.setattr(torch.amp, "GradScaler", refuse)
     logits, classes = logits_from_adapter(pd.DataFrame(frame), root, artifact, MODEL, RUNTIME)
     assert logits.shape == (len(frame), len(NAMES)) and classes == NAMES
+
+
+def test_a_methods_training_defaults_apply_where_the_entry_sets_none(monkeypatch):
+    from clip_lora_pipeline.core.bitfit import BitFit
+
+    monkeypatch.setattr(BitFit, "train_defaults", {"lr": 0.5, "batch_size": 8})
+    settings = adaptation_settings("x", {"method": "bitfit", "lr": 0.1})
+    assert (settings.train.lr, settings.train.batch_size) == (0.1, 8)
+    assert adaptation_settings("x", {"method": "lora"}).train.lr == 2e-4

@@ -144,7 +144,9 @@ def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
     if unknown:
         raise SettingsError(f"{', '.join(f'{where}.{k}' for k in unknown)}: unknown with method "
                             f"{kind}; {where} takes {sorted([*train_keys, method.name])}.")
-    train = _build(TrainSettings, {k: v for k, v in params.items() if k != method.name}, where)
+    train_values = {**method.train_defaults,
+                    **{k: v for k, v in params.items() if k != method.name}}
+    train = _build(TrainSettings, train_values, where)
     own = params.get(method.name)
     _check_mapping(own, f"{where}.{method.name}", optional=True)
     return AdaptationSettings(name, train, method,

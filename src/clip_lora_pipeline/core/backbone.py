@@ -54,6 +54,9 @@ class BackboneMethod(ABC):
     # False where the trained parts cannot be folded into open_clip's own weights (learned
     # prompt tokens): the export is then the adapter's tensors and config, as trained.
     mergeable: ClassVar[bool] = True
+    # Training settings (``core.adaptation_settings.TrainSettings`` keys) this method's
+    # published recipe uses where the entry sets none, e.g. CoOp's SGD at 2e-3.
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
 
     @abstractmethod
     def attach(self, clip: nn.Module, settings: Any) -> nn.Module:
