@@ -548,7 +548,7 @@ def test_synthetic_rejects_bad_settings(tmp_path):
 
 
 def test_get_source_returns_each_registered_source():
-    assert sorted(SOURCES) == sorted([*INDEXED, "image_folder", "synthetic"])
+    assert sorted(SOURCES) == sorted([*INDEXED, "image_folder", "synthetic", "circuits"])
     for name in SOURCES:
         assert get_source(name).name == name
     assert isinstance(get_source("flowers102"), Flowers102)

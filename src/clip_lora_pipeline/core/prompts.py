@@ -39,6 +39,7 @@ DATASET_TEMPLATES: dict[str, tuple[str, ...]] = {
     "oxford_pets": ("a photo of a {}, a type of pet.",),
     "food101": ("a photo of {}, a type of food.",),
     "cub200": ("a photo of a {}, a type of bird.",),
+    "circuits": ("a circuit diagram of {}",),  # the low-resource paper's zero-shot/circuit.py
     "caltech101": ("a photo of a {}.", "a painting of a {}.", "a plastic {}.",
                    "a sculpture of a {}.", "a sketch of a {}.", "a tattoo of a {}.",
                    "a toy {}.", "a rendition of a {}.", "a embroidered {}.",

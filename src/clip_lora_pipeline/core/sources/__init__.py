@@ -6,6 +6,7 @@ from difflib import get_close_matches
 
 from clip_lora_pipeline.core.sources.base import Source, SourceError
 from clip_lora_pipeline.core.sources.caltech101 import Caltech101
+from clip_lora_pipeline.core.sources.circuits import Circuits
 from clip_lora_pipeline.core.sources.cub import CUB200
 from clip_lora_pipeline.core.sources.dtd import DTD
 from clip_lora_pipeline.core.sources.eurosat import EuroSAT
@@ -26,7 +27,7 @@ SOURCES: dict[str, Source] = {
     for source in (
         Flowers102(), EuroSAT(), DTD(), OxfordPets(), Caltech101(), Food101(), ImageNet(),
         SUN397(), StanfordCars(), FGVCAircraft(), UCF101(), Imagenette(), CUB200(),
-        ImageFolder(), Synthetic(),
+        ImageFolder(), Synthetic(), Circuits(),
     )
 }
 
