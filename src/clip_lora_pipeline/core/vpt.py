@@ -75,7 +75,8 @@ class PromptedClip(nn.Module):
     while it runs and take them out of its output, so the class token is what pooling
     reads, the tower returns its usual tokens, and the text tower never sees them.
     A ``PooledTokenBlock`` last block (``core.pooled_block``) still works: its class token
-    attends to the prompts as the full block's would."""
+    attends to the prompts as the full block's would. The tower's ``forward_intermediates``
+    (unused here) would return the prompts among the tokens."""
 
     def __init__(self, clip: nn.Module, settings: VptSettings):
         super().__init__()
