@@ -74,7 +74,7 @@ def test_the_configured_entries_are_valid(path):
     ({"learning_rate": 1.0},
      r"^adaptation_methods\.x\.learning_rate: unknown with method lora; .*'lora', 'lr'"),
     ({"method": "adapter"}, r"^adaptation_methods\.x\.method is 'adapter'; allowed: "
-                            r"\['bitfit', 'lora'\]"),
+                            r"\['bitfit', 'lora', 'vpt'\]"),
     ({"select": "best"}, r"^adaptation_methods\.x\.select must be one of \['last', "
                          r"'best_val'\]; got 'best'"),
     ({"patience": 3}, r"^adaptation_methods\.x\.patience needs select: best_val"),
@@ -111,7 +111,8 @@ def test_lora_state_is_peft_adapter_state_dict():
 
 
 @pytest.mark.parametrize("entry", [{"lora": {"r": 4}, "head": "linear"},
-                                   {"method": "bitfit", "bitfit": {"layernorm": True}}])
+                                   {"method": "bitfit", "bitfit": {"layernorm": True}},
+                                   {"method": "vpt", "vpt": {"depth": "deep"}, "head": "linear"}])
 def test_the_artifact_gives_back_the_same_model(entry, images):
     root, frame = images
     adapted = _trained(entry)

@@ -83,7 +83,16 @@ def _bitfit(settings: Mapping[str, Any]) -> str:
             f"{_get(settings, 'head')} head, lr {_get(settings, 'lr')}.")
 
 
-ADAPTATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {"lora": _lora, "bitfit": _bitfit}
+def _vpt(settings: Mapping[str, Any]) -> str:
+    vpt = settings.get("vpt") or {}
+    return (f"VPT: learned prompt tokens after the class token of the image encoder, at its "
+            f"first block (shallow) or every block (deep) "
+            f"({_given(vpt, ('depth', 'length', 'dropout'))}), CLIP frozen; "
+            f"{_get(settings, 'head')} head, lr {_get(settings, 'lr')}.")
+
+
+ADAPTATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {"lora": _lora, "bitfit": _bitfit,
+                                                              "vpt": _vpt}
 
 
 def method_description(method: str, settings: Mapping[str, Any] | None) -> str:
