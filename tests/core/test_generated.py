@@ -68,17 +68,18 @@ def shapes(tmp_path_factory):
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     names = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
     return {"root": root, "train": train, "val": val, "names": names,
-            "manifest": str(folder / "manifest.csv")}
+            "manifest": str(folder / "manifest.csv"), "generated": str(folder)}
 
 
 def _settings(shapes, **generated) -> GeneratedSettings:
-    return GeneratedSettings(manifest=shapes["manifest"], **generated)
+    return GeneratedSettings(manifest=shapes["manifest"], root=shapes["generated"], **generated)
 
 
 def _adapted(shapes, generated=None, **overrides) -> AdaptedClip:
     entry = {**FAST, **overrides}
     if generated is not None:
-        entry["generated"] = {"manifest": shapes["manifest"], **generated}
+        entry["generated"] = {"manifest": shapes["manifest"], "root": shapes["generated"],
+                              **generated}
     return AdaptedClip.from_settings(load_model(ModelSpec(TINY_MODEL)), shapes["names"],
                                      adaptation_settings("test", entry), seed=1)
 
@@ -95,35 +96,37 @@ def _fit(adapted, shapes, steps, **kwargs):
 
 # Settings and manifest ------------------------------------------------------------------
 def test_settings_sit_under_generated_and_errors_name_the_key(shapes):
-    entry = {"method": "bitfit", "generated": {"manifest": "m.csv"}}
+    entry = {"method": "bitfit", "generated": {"manifest": "m.csv", "root": "g"}}
     settings = adaptation_settings("mine", entry)
-    assert settings.generated == GeneratedSettings("m.csv", None, 0.3, 0.65, 0.1, 80.0)
+    assert settings.generated == GeneratedSettings("m.csv", "g", 0.3, 0.65, 0.1, 80.0)
     # stored in the adapter's config and read back (predict rebuilds the entry)
     assert adaptation_settings("mine", settings.params()).generated == settings.generated
     assert "generated" not in adaptation_settings("mine", {"method": "bitfit"}).params()
-    for bad, match in [({"manifest": "m.csv", "p": 1.5}, r"mine\.generated\.p must be"),
-                       ({"manifest": "m.csv", "scale": 0}, r"mine\.generated\.scale must be"),
-                       ({"manifest": "m.csv", "weight": 1}, r"mine\.generated\.weight: unknown"),
-                       ({"p": 0.3}, r"mine\.generated\.manifest must be the path")]:
+    for bad, match in [({"p": 1.5}, r"mine\.generated\.p must be"),
+                       ({"scale": 0}, r"mine\.generated\.scale must be"),
+                       ({"weight": 1}, r"mine\.generated\.weight: unknown"),
+                       ({"manifest": None}, r"mine\.generated\.manifest must be the path"),
+                       ({"root": ""}, r"mine\.generated\.root must be the folder")]:
         with pytest.raises(ValueError, match=match):
-            adaptation_settings("mine", {"generated": bad})
+            adaptation_settings("mine", {"generated": {"manifest": "m.csv", "root": "g",
+                                                       **bad}})
 
 
 def test_manifest_errors_name_the_file_and_the_fix(shapes, tmp_path):
     sources = shapes["train"]["path"].tolist()
     with pytest.raises(GeneratedError, match="does not exist.*--pipeline augment"):
-        GeneratedImages.for_training(GeneratedSettings(str(tmp_path / "none.csv")), sources)
+        GeneratedImages.for_training(GeneratedSettings(str(tmp_path / "none.csv"), "g"), sources)
     frame = pd.read_csv(shapes["manifest"])
     bad = tmp_path / "bad.csv"
     frame.drop(columns="kind").to_csv(bad, index=False)
     with pytest.raises(GeneratedError, match=r"bad.csv has no column\(s\) \['kind'\]"):
-        GeneratedImages.for_training(GeneratedSettings(str(bad)), sources)
+        GeneratedImages.for_training(GeneratedSettings(str(bad), str(tmp_path)), sources)
     frame.assign(kind="other").to_csv(bad, index=False)
     with pytest.raises(GeneratedError, match="kind.*'other'.*unknown"):
-        GeneratedImages.for_training(GeneratedSettings(str(bad)), sources)
-    frame.to_csv(bad, index=False)  # its paths are relative to the manifest's folder
+        GeneratedImages.for_training(GeneratedSettings(str(bad), str(tmp_path)), sources)
+    frame.to_csv(bad, index=False)  # its paths are relative to another folder
     with pytest.raises(GeneratedError, match="not under .*generated.root"):
-        GeneratedImages.for_training(GeneratedSettings(str(bad)), sources)
+        GeneratedImages.for_training(GeneratedSettings(str(bad), str(tmp_path)), sources)
     with pytest.raises(GeneratedError, match="none of the 2 training images"):
         GeneratedImages.for_training(_settings(shapes), ["a.png", "b.png"])
     found = GeneratedImages.for_training(_settings(shapes), sources[:3] + ["new.png"])
@@ -136,7 +139,7 @@ def _fake(n=4, p=0.3, breaking_weight=0.1) -> GeneratedImages:
     """n training images with 5 preserving and 3 breaking variants each (no files)."""
     preserving = [np.arange(n + 8 * i, n + 8 * i + 5) for i in range(n)]
     breaking = [np.arange(n + 8 * i + 5, n + 8 * i + 8) for i in range(n)]
-    return GeneratedImages(GeneratedSettings("m.csv", p=p, breaking_weight=breaking_weight),
+    return GeneratedImages(GeneratedSettings("m.csv", "g", p=p, breaking_weight=breaking_weight),
                            [f"g{k}.png" for k in range(8 * n)], np.repeat(np.arange(n), 8),
                            preserving, breaking)
 
@@ -296,3 +299,13 @@ def test_an_interrupted_run_with_generated_images_resumes_exactly(shapes, tmp_pa
     np.testing.assert_allclose(resumed.history["loss"], expected.history["loss"], rtol=1e-5)
     for name, value in straight.state().items():
         torch.testing.assert_close(resumed_model.state()[name], value)
+
+
+def test_the_report_line_says_the_entry_trains_with_generated_images():
+    from clip_lora_pipeline.core.report.methods import method_description
+
+    entry = {"method": "bitfit", "generated": {"manifest": "m.csv", "root": "g", "p": 0.5}}
+    line = method_description("bitfit_generated", entry)
+    assert line.startswith("BitFit") and "\n" not in line
+    assert all(part in line for part in ("img2img", "p=0.5", "rest default")), line
+    assert "img2img" not in method_description("bitfit", {"method": "bitfit"})

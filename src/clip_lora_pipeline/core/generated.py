@@ -49,11 +49,12 @@ class GeneratedError(UserError, ValueError):
 class GeneratedSettings:
     """``generated:`` in an ``adaptation_methods`` entry. Defaults are the paper code's
     (scripts/train_circuit.py: aug_prob 0.3, aug_weight 0.65, factor 80, lambda 0.1).
-    ``root``: the folder the manifest's paths are relative to; null = the manifest's
-    own folder (where ``kedro run --pipeline augment`` writes both)."""
+    ``root``: the folder the manifest's paths are relative to (``kedro run --pipeline
+    augment`` writes the manifest into it). Required, as a dataset's root is: a folder
+    named ``root`` is part of the training node's fingerprint, so new images retrain."""
 
     manifest: str = ""
-    root: str | None = None
+    root: str = ""
     p: float = 0.3
     preserving_weight: float = 0.65
     breaking_weight: float = 0.1
@@ -64,9 +65,9 @@ class GeneratedSettings:
             raise SettingError(f"manifest must be the path of a generated-images manifest (CSV "
                                f"or Parquet: {', '.join(MANIFEST_COLUMNS)}); got "
                                f"{self.manifest!r}.")
-        if self.root is not None and (not isinstance(self.root, str) or not self.root):
-            raise SettingError(f"root must be null (the manifest's folder) or a folder; got "
-                               f"{self.root!r}.")
+        if not isinstance(self.root, str) or not self.root:
+            raise SettingError(f"root must be the folder the manifest's paths are relative to; "
+                               f"got {self.root!r}.")
         rules = {"p": (0 <= _number(self.p) <= 1, "a number in [0, 1]"),
                  "preserving_weight": (_number(self.preserving_weight) > 0, "a number > 0"),
                  "breaking_weight": (_number(self.breaking_weight) >= 0, "a number >= 0"),
@@ -74,10 +75,6 @@ class GeneratedSettings:
         for key, (ok, allowed) in rules.items():
             if not ok:
                 raise SettingError(f"{key} must be {allowed}; got {getattr(self, key)!r}.")
-
-    @property
-    def images_root(self) -> Path:
-        return Path(self.root) if self.root else Path(self.manifest).parent
 
 
 def _number(value) -> float:
@@ -100,7 +97,10 @@ def read_manifest(settings: GeneratedSettings) -> pd.DataFrame:
     kinds = sorted(set(frame["kind"].astype(str)) - set(KINDS))
     if kinds:
         raise GeneratedError(f"{path}: kind {kinds} unknown; each row's kind is one of {KINDS}.")
-    return frame.astype({"source": str, "kind": str, "path": str, "strength": float})
+    try:
+        return frame.astype({"source": str, "kind": str, "path": str, "strength": float})
+    except ValueError as exc:
+        raise GeneratedError(f"{path}: the strength column must hold numbers ({exc}).") from None
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class GeneratedImages:
         names them, which the generated manifest's ``source`` column repeats)."""
         frame = read_manifest(settings)
         frame = frame[frame["source"].isin(set(sources))].reset_index(drop=True)
-        root = settings.images_root
+        root = Path(settings.root)
         paths = [str(root / p) for p in frame["path"]]
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:

@@ -66,7 +66,8 @@ def test_generated_images_are_made_once_and_train_lora(tmp_path, data):
         SequentialRunner().run(augment_for_cell("shapes", CELL), catalog)  # all there
     assert catalog.load("shapes.generated_images").equals(made)
 
-    entry = {**METHOD, "generated": {"manifest": str(listing), "p": 0.5}}
+    entry = {**METHOD, "generated": {"manifest": str(listing), "root": str(listing.parent),
+                                     "p": 0.5}}
     lora = DataCatalog({
         "params:dataset_configs.shapes": MemoryDataset(dataset),
         "params:model": MemoryDataset(MODEL), "params:runtime": MemoryDataset(RUNTIME),

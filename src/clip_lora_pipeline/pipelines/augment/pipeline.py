@@ -6,6 +6,7 @@ Stable Diffusion folder."""
 from kedro.pipeline import Node, Pipeline
 
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.fingerprints import VOLATILE
 from clip_lora_pipeline.pipelines import namespaces
 from clip_lora_pipeline.pipelines.augment.nodes import generate_images
 
@@ -18,7 +19,9 @@ def create_pipeline(name: str) -> Pipeline:
              "runtime": "params:runtime"},
             "generated_images",
             name="generate_images",
-            tags=["augment", "gpu"],
+            # it reads the images folder, outside the catalog: checked on every run
+            # (quick when every image is there: no model is loaded)
+            tags=["augment", "gpu", VOLATILE],
         ),
     ])
 
