@@ -208,6 +208,7 @@ def generate(pipe, jobs: list[Job], root: Path, folder: Path, settings: Generate
             out = pipe(prompt=[settings.prompt.format(group[0].class_name)] * len(group),
                        image=[image] * len(group), strength=strength,
                        guidance_scale=settings.guidance, num_inference_steps=settings.steps,
+                       # CPU generators: the same noise, so the same images, on any device
                        generator=[torch.Generator().manual_seed(j.seed(settings.seed))
                                   for j in group]).images
             for job, made in zip(group, out):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,11 +166,16 @@ class GeneratedImages:
         return cls(settings, paths, source_of, variants["preserving"], variants["breaking"])
 
     def counts(self) -> dict[str, int]:
-        return {kind: int(sum(len(v) for v in getattr(self, kind))) for kind in KINDS}
+        """How many generated images of each kind the training set has."""
+        return {kind: len(np.unique(np.concatenate([np.zeros(0, np.int64),
+                                                    *getattr(self, kind)])))
+                for kind in KINDS}
 
     def fingerprint(self) -> str:
-        """Names the images used, for the checkpoint folder: new images start afresh."""
-        return hashlib.sha1("\n".join(self.paths).encode()).hexdigest()[:16]
+        """The images used (path, size, time written), for the checkpoint folder's name:
+        a run with other or remade images starts afresh instead of resuming."""
+        stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in self.paths]
+        return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
 
     def plan(self, seed: int, step: int, indices: Sequence[int]) -> BatchPlan:
         """Each slot's draws (from its own generator): whether its preserving variant
