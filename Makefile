@@ -15,7 +15,7 @@ AIRFLOW_ENV ?= local
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[dev,airflow]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,airflow,augment]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -6,7 +6,9 @@ from kedro.pipeline import Pipeline
 
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.core.cells import Cell, SweepSettings
+from clip_lora_pipeline.core.generate import GenerateSettings
 from clip_lora_pipeline.core.promotion import RetrainSettings
+from clip_lora_pipeline.pipelines.augment import pipeline as augment
 from clip_lora_pipeline.pipelines.data import pipeline as data
 from clip_lora_pipeline.pipelines.feature_methods import pipeline as feature_methods
 from clip_lora_pipeline.pipelines.lora import pipeline as lora
@@ -53,6 +55,12 @@ class _Project:
 
     def adaptation(self, cells: list[Cell]) -> Pipeline:
         return _total(lora.for_cell(n, c, self.methods) for n in self.names for c in cells)
+
+    def augment(self, params, cell: Cell) -> Pipeline:
+        """Generated images for each dataset's sample of ``cell``; the ``augment``
+        parameters are checked here, before any node runs."""
+        GenerateSettings.from_params(params.get("augment"))
+        return _total(augment.for_cell(n, cell) for n in self.names)
 
     def reporting(self, cell: Cell) -> Pipeline:
         return _total(
@@ -122,4 +130,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         "sweep": sweep_pipeline,
         # Not in __default__: it writes to the model registry.
         "retrain": project.retrain(params, cell),
+        # Not in __default__: it needs diffusers ([augment]) and Stable Diffusion weights.
+        "augment": data_pipeline + project.augment(params, cell),
     }

@@ -19,6 +19,7 @@ from clip_lora_pipeline.core.backbone import (
 )
 from clip_lora_pipeline.core.backbone_methods import BACKBONE_METHODS
 from clip_lora_pipeline.core.errors import SettingsError
+from clip_lora_pipeline.core.generated import GeneratedSettings
 
 HEADS = ("text", "linear")
 SELECTS = ("last", "best_val")
@@ -109,12 +110,14 @@ class TrainSettings:
 @dataclass(frozen=True)
 class AdaptationSettings:
     """An ``adaptation_methods`` entry, checked: ``method`` is the backbone method
-    (``core.backbone_methods``) and ``method_settings`` its own settings."""
+    (``core.backbone_methods``) and ``method_settings`` its own settings; ``generated``
+    the generated images it trains with (``core.generated``), if any."""
 
     name: str
     train: TrainSettings
     method: BackboneMethod
     method_settings: Any
+    generated: GeneratedSettings | None = None
 
     def seeded(self, seed: int) -> AdaptationSettings:
         """``train.seed`` None (the default) becomes ``seed``, the few-shot seed."""
@@ -124,8 +127,9 @@ class AdaptationSettings:
 
     def params(self) -> dict[str, Any]:
         """The entry with every default filled in; ``adaptation_settings`` takes it back."""
+        generated = {"generated": dataclasses.asdict(self.generated)} if self.generated else {}
         return {**dataclasses.asdict(self.train),
-                self.method.name: dataclasses.asdict(self.method_settings)}
+                self.method.name: dataclasses.asdict(self.method_settings), **generated}
 
 
 def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
@@ -140,17 +144,22 @@ def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
         raise SettingsError(f"{where}.method is {kind!r}; allowed: {sorted(BACKBONE_METHODS)}.")
     method = BACKBONE_METHODS[kind]
     train_keys = [f.name for f in dataclasses.fields(TrainSettings)]
-    unknown = sorted(set(params) - {*train_keys, method.name})
+    own_keys = [method.name, "generated"]
+    unknown = sorted(set(params) - {*train_keys, *own_keys})
     if unknown:
         raise SettingsError(f"{', '.join(f'{where}.{k}' for k in unknown)}: unknown with method "
-                            f"{kind}; {where} takes {sorted([*train_keys, method.name])}.")
+                            f"{kind}; {where} takes {sorted([*train_keys, *own_keys])}.")
     train_values = {**method.train_defaults,
-                    **{k: v for k, v in params.items() if k != method.name}}
+                    **{k: v for k, v in params.items() if k not in own_keys}}
     train = _build(TrainSettings, train_values, where)
     own = params.get(method.name)
     _check_mapping(own, f"{where}.{method.name}", optional=True)
+    generated = params.get("generated")
+    _check_mapping(generated, f"{where}.generated", optional=True)
     return AdaptationSettings(name, train, method,
-                              _build(method.Settings, own, f"{where}.{method.name}"))
+                              _build(method.Settings, own, f"{where}.{method.name}"),
+                              None if generated is None else
+                              _build(GeneratedSettings, generated, f"{where}.generated"))
 
 
 def _check_mapping(value: Any, where: str, optional: bool = False) -> None:

@@ -148,7 +148,15 @@ class AdaptedClip(nn.Module):
         text-alignment logits. ``text``: class embeddings already computed, for many
         batches without training. The heads run in fp32 with autocast off: under bf16
         autocast their matmul would round the logits, enough to tie or flip top-1."""
-        features = F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        return self.head(self.image_features(images), text)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The normalised image features the heads read (fp32)."""
+        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+    def head(self, features: torch.Tensor, text: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward`` on features already computed (a loss that also needs them)."""
         aligning = self.training and self.settings.train.text_alignment_weight > 0
         if self.linear is not None and not aligning:
             text = None  # the linear head alone: the text tower's output would go unused

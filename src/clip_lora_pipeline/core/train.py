@@ -38,6 +38,7 @@ from clip_lora_pipeline.core.checkpoints import (
 )
 from clip_lora_pipeline.core.durations import Pace, duration
 from clip_lora_pipeline.core.errors import UserError
+from clip_lora_pipeline.core.generated import GeneratedBatch, GeneratedImages
 from clip_lora_pipeline.core.runtime import (
     PeakMemory,
     RuntimeSettings,
@@ -75,16 +76,21 @@ class TrainResult:
     selected_step: int
 
 
-def training_loss(adapted: AdaptedClip, images: torch.Tensor, labels: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def training_loss(adapted: AdaptedClip, images: torch.Tensor, labels: torch.Tensor,
+                  generated: GeneratedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's mean loss and its count of correct predictions, both left on the
     device: nothing here reads a value back to the host (a test runs it on ``meta``).
-    The model runs under autocast; the loss in fp32 with autocast off."""
+    The model runs under autocast; the loss in fp32 with autocast off. ``generated``:
+    the batch's generated images, encoded with it, and its loss terms (``core.generated``)."""
     weight = adapted.settings.train.text_alignment_weight
+    extra = generated is not None and len(generated.images) > 0
     with autocast(adapted.device, adapted.dtype):
-        logits, align = adapted(images)
+        features = adapted.image_features(
+            torch.cat([images, generated.images]) if extra else images)
+        logits, align = adapted.head(features[:len(labels)] if extra else features)
     with no_autocast(adapted.device):
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = (F.cross_entropy(logits.float(), labels) if generated is None
+                else generated.loss(logits.float(), labels, features))
         if align is not None and weight > 0:
             loss = loss + weight * F.cross_entropy(align.float(), labels)
     return loss, (logits.argmax(1) == labels).sum()
@@ -165,14 +171,15 @@ class TrainingLoop:
         logger.info("resuming from %s at step %d", store.folder, state["step"])
         return Progress(best=saved.best, **state)
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, images: torch.Tensor, labels: torch.Tensor,
+              generated: GeneratedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch; its mean loss and correct count, on the device."""
         s = self.settings
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, correct = torch.zeros((), device=labels.device), 0
         for chunk, share in micro_batches(len(labels), s.batch_size // s.grad_accumulation):
-            loss, hits = training_loss(self.adapted, images[chunk], labels[chunk])
+            loss, hits = training_loss(self.adapted, images[chunk], labels[chunk],
+                                       generated and generated.chunk(chunk))
             self.scaler.scale(loss * share).backward()
             loss_sum, correct = loss_sum + loss.detach() * share, correct + hits
         self.scaler.step(self.optimizer)
@@ -189,14 +196,15 @@ class TrainingLoop:
     def fit(self, train_paths: Sequence[str], train_labels: Sequence[int],
             val_paths: Sequence[str], val_labels: Sequence[int], eval_transform,
             total_steps: int, checkpoint_dir: Path | None = None,
-            runtime: RuntimeSettings | None = None, quicker: str | None = None
-            ) -> TrainResult:
+            runtime: RuntimeSettings | None = None, quicker: str | None = None,
+            generated: GeneratedImages | None = None) -> TrainResult:
         """Train for ``total_steps`` optimizer steps and keep the state ``select`` names.
         With ``checkpoint_dir``, a run that was interrupted resumes from its last
         checkpoint there. ``runtime``: loader workers, the pixel cache's size, and
         whether GPU kernels must be deterministic. After its first steps the loop logs
         how long the rest will take; ``quicker`` (the settings to change, named as the
-        caller knows them) is logged too when that is over an hour on CPU."""
+        caller knows them) is logged too when that is over an hour on CPU. ``generated``:
+        the training images' generated variants, drawn into the batches."""
         runtime = runtime or RuntimeSettings()
         device, s = self.adapted.device, self.settings
         if device.type == "cpu":
@@ -206,7 +214,7 @@ class TrainingLoop:
         inputs = TrainingBatches(
             train_paths, train_labels, self.augmentation,
             EpochBatches(len(train_paths), s.batch_size, s.seed), device,
-            InputSettings(workers, runtime.pixel_cache_mb))
+            InputSettings(workers, runtime.pixel_cache_mb), generated)
         val = Validation(self.adapted, val_paths, val_labels, eval_transform,
                          workers, runtime.pixel_cache_mb)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -227,8 +235,8 @@ class TrainingLoop:
         self.adapted.train()
         bar = tqdm(total=total_steps, initial=run.step, desc=f"Training {s.method}", unit="step")
         tick = time.perf_counter()
-        for step, images, labels in inputs.steps(run.step, total_steps):
-            loss, correct = self._step(images, labels)
+        for step, images, labels, *generated in inputs.steps(run.step, total_steps):
+            loss, correct = self._step(images, labels, *generated)
             scheduler.step()
             run.step = step + 1
             if (per_step := pace.add(time.perf_counter() - tick)) is not None:

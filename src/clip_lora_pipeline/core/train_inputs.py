@@ -13,7 +13,10 @@ batches as an uninterrupted one, whichever way they are made:
   prefetching on CUDA.
 
 On a CPU the two give identical batches, for any number of workers. The validation
-images are preprocessed once (``Validation``).
+images are preprocessed once (``Validation``). With generated images
+(``core.generated``), a step's plan says which image each slot feeds and which
+generated ones join it; those are numbered after the training images and made the same
+two ways, and the batch comes with its ``GeneratedBatch``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.augment import Augmentation
 from clip_lora_pipeline.core.batches import EpochBatches
 from clip_lora_pipeline.core.embed import image_loader
+from clip_lora_pipeline.core.generated import BatchPlan, GeneratedBatch, GeneratedImages
 from clip_lora_pipeline.core.pixel_cache import (
     PixelCache,
     cache_bytes,
@@ -40,7 +44,10 @@ from clip_lora_pipeline.core.pixel_cache import (
 
 logger = logging.getLogger(__name__)
 
-Batch = tuple[int, torch.Tensor, torch.Tensor]  # step, images, labels (on the device)
+# step, images, labels (on the device), and the GeneratedBatch when training with one
+Batch = tuple[int, torch.Tensor, torch.Tensor] | tuple[int, torch.Tensor, torch.Tensor,
+                                                       GeneratedBatch]
+Rows = list[tuple[int, int]]  # (draw slot, image index) of each image a step decodes
 
 
 @dataclass(frozen=True)
@@ -72,14 +79,15 @@ def fits_cache(paths: Sequence[str], image_size: int, budget_mb: int) -> bool:
 
 
 class StepSampler(Sampler):
-    """A batch sampler: for each step from ``start`` to ``stop``, [(step, slot, index)]."""
+    """A batch sampler: for each step from ``start`` to ``stop``, [(step, slot, index)]
+    for the (draw slot, index) ``rows(step)`` gives."""
 
-    def __init__(self, batches: EpochBatches, start: int, stop: int):
-        self.batches, self.start, self.stop = batches, start, stop
+    def __init__(self, rows, start: int, stop: int):
+        self.rows, self.start, self.stop = rows, start, stop
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         for step in range(self.start, self.stop):
-            yield [(step, slot, int(i)) for slot, i in enumerate(self.batches.indices(step))]
+            yield [(step, slot, index) for slot, index in self.rows(step)[0]]
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -107,8 +115,13 @@ class TrainingBatches:
     """The training set's batches on ``device``, from the cache when it fits."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], augmentation: Augmentation,
-                 batches: EpochBatches, device: torch.device, settings: InputSettings):
+                 batches: EpochBatches, device: torch.device, settings: InputSettings,
+                 generated: GeneratedImages | None = None):
         self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+        self.generated = generated
+        if generated is not None:  # numbered after the training images, with their labels
+            self.paths += generated.paths
+            self.labels = np.concatenate([self.labels, self.labels[generated.source_of]])
         self.augmentation, self.batches, self.device = augmentation, batches, device
         self.settings = settings
         self.cached = fits_cache(self.paths, augmentation.size, settings.pixel_cache_mb)
@@ -123,27 +136,45 @@ class TrainingBatches:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
+    def _rows(self, step: int) -> tuple[Rows, BatchPlan | None]:
+        """The images ``step`` decodes, and its plan when training with generated ones."""
+        indices = self.batches.indices(step)
+        if self.generated is None:
+            return [(slot, int(i)) for slot, i in enumerate(indices)], None
+        plan = self.generated.plan(self.batches.seed, step, indices)
+        return plan.rows, plan
+
+    def _batch(self, step: int, images: torch.Tensor, labels: torch.Tensor,
+               plan: BatchPlan | None) -> Batch:
+        if plan is None:
+            return step, images, labels
+        generated = GeneratedBatch.from_plan(plan, images[plan.size:], self.generated.settings)
+        return step, images[:plan.size], labels[:plan.size], generated
+
     def _from_cache(self, start: int, stop: int) -> Iterator[Batch]:
         if self._cache is None:
             self._cache = PixelCache.decode(self.paths, self.augmentation.size, self.device)
         cache, seed = self._cache, self.batches.seed
         for step in range(start, stop):
-            indices = self.batches.indices(step)
+            rows, plan = self._rows(step)
+            indices = [i for _, i in rows]
             draws = [self.augmentation.draw(seed, step, slot, cache.heights[i], cache.widths[i])
-                     for slot, i in enumerate(indices)]
+                     for slot, i in rows]
             images = self.augmentation.batch([cache[i] for i in indices], draws)
-            yield step, images, self._to_device(torch.from_numpy(self.labels[indices]))
+            labels = self._to_device(torch.from_numpy(self.labels[indices]))
+            yield self._batch(step, images, labels, plan)
 
     def _from_files(self, start: int, stop: int) -> Iterator[Batch]:
         workers, cuda = self.settings.num_workers, self.device.type == "cuda"
         loader = DataLoader(
             AugmentedFiles(self.paths, self.labels, self.augmentation, self.batches.seed),
-            batch_sampler=StepSampler(self.batches, start, stop), num_workers=workers,
+            batch_sampler=StepSampler(self._rows, start, stop), num_workers=workers,
             pin_memory=cuda, prefetch_factor=4 if workers else None,
             generator=torch.Generator())  # its worker seeds would draw from dropout's RNG
         for step, (crops, labels) in zip(range(start, stop), loader):
             images = self.augmentation.finish(crops.to(self.device, non_blocking=True))
-            yield step, images, labels.to(self.device, non_blocking=True)
+            plan = self._rows(step)[1] if self.generated is not None else None
+            yield self._batch(step, images, labels.to(self.device, non_blocking=True), plan)
 
 
 class Validation:

@@ -95,6 +95,16 @@ ADAPTATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {"lora": _lora, "bi
                                                               "vpt": _vpt}
 
 
+def _generated(settings: Mapping[str, Any]) -> str:
+    """' With generated images: ...' for an entry that trains with them, else ''."""
+    if not isinstance(settings.get("generated"), Mapping):
+        return ""
+    given = _given(settings["generated"], ("p", "preserving_weight", "breaking_weight", "scale"))
+    return (f" With Stable Diffusion img2img variants of the training images (Zhang et al., "
+            f"2024): label-preserving ones replace their source at times, label-breaking ones "
+            f"enter a contrastive term ({given}).")
+
+
 def method_description(method: str, settings: Mapping[str, Any] | None) -> str:
     """What ``method`` is, in one line. ``settings``: for zero_shot_<set> optionally
     ``{"templates": [...]}``; for a feature method its entry of ``feature_methods``
@@ -110,7 +120,7 @@ def method_description(method: str, settings: Mapping[str, Any] | None) -> str:
     if kind == "text_init_head":
         return _text_init_head(settings)
     if kind in ADAPTATIONS:
-        return ADAPTATIONS[kind](settings)
+        return ADAPTATIONS[kind](settings) + _generated(settings)
     shown = ", ".join(f"{k}={v}" for k, v in settings.items()
                       if k != "method" and not isinstance(v, Mapping))
     # imported here: the registry brings torch, which the rest of the report does without

@@ -15,6 +15,7 @@ from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip, load_clip
 from clip_lora_pipeline.core.adapted_eval import score_adapter
 from clip_lora_pipeline.core.attention import open_clip_state_dict
+from clip_lora_pipeline.core.generated import GeneratedImages
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.model_id import model_slug, uses_quick_gelu
 from clip_lora_pipeline.core.models import release_shared_model
@@ -41,6 +42,8 @@ def train_adapter(
     depends on, so an interrupted run resumes and a changed one starts afresh.
     """
     settings = adaptation_settings(name, method)
+    generated = settings.generated and GeneratedImages.for_training(
+        settings.generated, train["path"].tolist())
     run_settings = RuntimeSettings.from_params(runtime)
     release_shared_model()  # the encoding nodes' model: not needed while this trains
     loaded, dtype = load_clip(model_params, runtime)
@@ -50,6 +53,7 @@ def train_adapter(
         "train": sorted(train["path"]), "val": sorted(val["path"]), "seed": seed,
         # another precision or device cannot resume this run's optimiser and scaler state
         "precision": str(dtype), "device": loaded.device.type,
+        **({"generated": generated.fingerprint()} if generated else {}),
     }, sort_keys=True, default=str)
     folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
     train_settings = adapted.settings.train
@@ -60,7 +64,7 @@ def train_adapter(
     result = TrainingLoop(adapted).fit(
         _paths(train, dataset), train["label"].tolist(), _paths(val, dataset),
         val["label"].to_numpy(), loaded.preprocess, steps,
-        checkpoint_dir=folder, runtime=run_settings, quicker=quicker,
+        checkpoint_dir=folder, runtime=run_settings, quicker=quicker, generated=generated,
     )
     summary = {
         "method": train_settings.method, "shots": shots, "steps": result.steps_done,
@@ -71,6 +75,7 @@ def train_adapter(
         "selected": result.selected, "selected_step": result.selected_step,
         "seed": train_settings.seed,
         "stopped_early": result.stopped_early, "checkpoint": str(folder),
+        **({"generated_images": generated.counts()} if generated else {}),
     }
     logger.info("%s: %d trainable parameters; kept the %s state (step %d)",
                 train_settings.method, result.trainable_parameters, result.selected,
