@@ -39,10 +39,11 @@ TEMPLATE = PROJECT_ROOT / "airflow" / "dag_template.j2"
 COMMITTED_DAGS = PROJECT_ROOT / "airflow" / "dags"
 
 
-def _create_dag(project: Path, pipeline: str, target: Path, env: str = "local") -> Path:
+def _create_dag(project: Path, pipeline: str, target: Path, env: str = "local",
+                template: Path = TEMPLATE) -> Path:
     """`make airflow-dag`'s command, run in ``project``; the file it wrote."""
     run_kedro(project, "airflow", "create", "--pipelines", pipeline, "--env", env,
-              "--group-by", "namespace", "--jinja-file", str(TEMPLATE),
+              "--group-by", "namespace", "--jinja-file", str(template),
               "--target-dir", str(target))
     infix = "" if env == "local" else f"_{env}"
     return target / f"{PACKAGE}{infix}_{pipeline}_dag.py"
