@@ -15,8 +15,8 @@ from tests.conftest import run_kedro
 REPORTS = Path("data/08_reporting/clip-lora-tiny__random/shots_8_seed_1")
 FEATURES = ["linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
             "meta_adapter"]
-METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", *FEATURES, "lora",
-           "bitfit"]
+ADAPTED = ["lora", "bitfit", "coop"]
+METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", *FEATURES, *ADAPTED]
 SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"
 
 
@@ -36,7 +36,7 @@ def test_smoke_run_reports_every_method(smoke_project):
         assert row["top1"] == metrics["top1"]
         folder = reports / "synthetic" / method
         for png in ["confusion_matrix.png"] + (
-                ["training_curves.png"] if method in ("lora", "bitfit") else []):
+                ["training_curves.png"] if method in ADAPTED else []):
             assert (folder / png).read_bytes().startswith(b"\x89PNG"), folder / png
         assert (folder / "sample_predictions.html").read_text().count(
             "data:image/jpeg;base64,") == 16
