@@ -15,9 +15,8 @@ from tests.conftest import run_kedro
 REPORTS = Path("data/08_reporting/clip-lora-tiny__random/shots_8_seed_1")
 FEATURES = ["linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
             "meta_adapter"]
-METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", *FEATURES, "lora",
-           "bitfit", "vpt"]
-CURVES = ["lora", "bitfit", "vpt"]  # the methods with training curves
+ADAPTED = ["lora", "bitfit", "vpt", "coop"]  # the methods with training curves
+METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", *FEATURES, *ADAPTED]
 SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"
 
 
@@ -37,7 +36,7 @@ def test_smoke_run_reports_every_method(smoke_project):
         assert row["top1"] == metrics["top1"]
         folder = reports / "synthetic" / method
         for png in ["confusion_matrix.png"] + (
-                ["training_curves.png"] if method in CURVES else []):
+                ["training_curves.png"] if method in ADAPTED else []):
             assert (folder / png).read_bytes().startswith(b"\x89PNG"), folder / png
         assert (folder / "sample_predictions.html").read_text().count(
             "data:image/jpeg;base64,") == 16
@@ -90,7 +89,7 @@ def test_report_opens_in_chromium_with_every_image_and_no_errors(smoke_project, 
         browser.close()
     # accuracy chart, per method a confusion matrix and 16 sample thumbnails, the training
     # curves
-    assert len(images) == 1 + 17 * len(METHODS) + len(CURVES)
+    assert len(images) == 1 + 17 * len(METHODS) + len(ADAPTED)
     assert [alt for alt, loaded in images if not loaded] == []
     assert headers[:3] == ["dataset", "method", "top-1 (95% CI)"]
     assert "git commit" in record and "How this run was made" in record

@@ -71,13 +71,14 @@ def test_smoke_run_trains_and_evaluates_every_method(project):
     models = project / "data/06_models/synthetic/clip-lora-tiny__random/shots_8_seed_1"
     n_test = _n_test(project)
     for method in ("linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
-                   "meta_adapter", "lora", "bitfit", "vpt"):
+                   "meta_adapter", "lora", "bitfit", "vpt", "coop"):
         metrics = json.loads((out / method / "metrics.json").read_text())
         assert metrics["n_images"] == n_test
         # Tip-Adapter trains nothing: its cache is the few-shot features themselves
         assert metrics["trainable_parameters"] > 0 or method == "tip_adapter"
-    for method in ("lora", "bitfit", "vpt"):
+    for method in ("lora", "bitfit", "vpt", "coop"):
         assert (models / method / "adapter.safetensors").exists()
+        # CoOp's learned prompts cannot merge: its export is the adapter as trained
         assert (models / method / "merged_open_clip.safetensors").exists()
         assert len(pd.read_parquet(out / method / "history.parquet")) == 30
 

@@ -198,7 +198,10 @@ LORA = {"method": "lora", "head": "text", "lr": 2e-4,
     ("lora", LORA, ["LoRA", "r=4", "alpha=8", "q+v", "image encoder", "rest default"]),
     ("bias_only", {"method": "bitfit", "bitfit": {"encoders": "text", "layernorm": True}},
      ["BitFit", "LayerNorm", "the text encoder"]),
-    ("prompt_tuning", {"method": "coop", "n_ctx": 16}, ["'coop'", "n_ctx=16"]),
+    ("prompt_tuning", {"method": "my_prompts", "n_ctx": 16}, ["'my_prompts'", "n_ctx=16"]),
+    ("coop_csc", {"method": "coop", "optimizer": "sgd", "coop": {"class_specific": True}},
+     ["CoOp", "default learned context", "one set per class", "sgd optimizer",
+      "lr default"]),
 ])
 def test_method_description_names_the_kind_and_its_settings(method, settings, expected):
     line = method_description(method, settings)

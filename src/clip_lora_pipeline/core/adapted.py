@@ -60,7 +60,8 @@ class AdaptedClip(nn.Module):
         self.class_names = list(class_names)
         self.spec, self.preprocess = loaded.spec, loaded.preprocess
         self.backbone = settings.method.attach(loaded.model, settings.method_settings)
-        tokens = loaded.tokenizer([settings.train.template.format(c) for c in self.class_names])
+        tokens = settings.method.class_tokens(self.backbone, self.class_names,
+                                              settings.train.template, loaded.tokenizer)
         self.register_buffer("class_tokens", tokens.to(self.device), persistent=False)
         # Grouped by length once, from the CPU tokens: no host read in a training step.
         self._text_plan = text_plan(self.clip, tokens).to(self.device)

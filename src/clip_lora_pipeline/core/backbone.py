@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -66,6 +66,13 @@ class BackboneMethod(ABC):
     def encoder(self, attached: nn.Module) -> nn.Module:
         """The open_clip model inside ``attached``, the one to encode images and text."""
         return attached
+
+    def class_tokens(self, attached: nn.Module, class_names: Sequence[str], template: str,
+                     tokenizer: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """The class prompts' tokens for the text head: the entry's ``template`` with each
+        name. A method that learns its own prompt (CoOp) tokenises its prompts instead,
+        and sizes its per-class parts by them; called once, right after ``attach``."""
+        return tokenizer([template.format(name) for name in class_names])
 
     @abstractmethod
     def state(self, attached: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from clip_lora_pipeline.core.backbone import BackboneMethod
 from clip_lora_pipeline.core.bitfit import BitFit
+from clip_lora_pipeline.core.coop import CoOp
 from clip_lora_pipeline.core.lora import Lora
 from clip_lora_pipeline.core.vpt import Vpt
 
 BACKBONE_METHODS: dict[str, BackboneMethod] = {
-    method.name: method for method in (Lora(), BitFit(), Vpt())
+    method.name: method for method in (Lora(), BitFit(), Vpt(), CoOp())
 }

@@ -6,6 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Steps in an epoch of ``n`` images: ceil, the partial last batch is a step too."""
+    return -(-n // batch_size)
+
+
 class EpochBatches:
     """Shuffled epochs cut into batches, the last one partial.
 
@@ -20,7 +25,7 @@ class EpochBatches:
             raise ValueError(f"batches need at least one image and batch_size >= 1; got "
                              f"{n} image(s) and batch_size={batch_size}.")
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.per_epoch = -(-n // batch_size)  # ceil: the partial batch is a step too
+        self.per_epoch = batches_per_epoch(n, batch_size)
 
     def indices(self, step: int) -> np.ndarray:
         epoch, position = divmod(step, self.per_epoch)

@@ -1,6 +1,7 @@
-"""The training loop for an ``AdaptedClip`` (LoRA, BitFit): AdamW on its trainable
-tensors, a cosine schedule, a gradient scaler under fp16, validation every N steps, and
-a checkpoint (``core.checkpoints``) every N steps.
+"""The training loop for an ``AdaptedClip`` (LoRA, BitFit, CoOp): AdamW or SGD on its
+trainable tensors, a cosine schedule (after a warm-up, ``core.optimization``), a gradient
+scaler under fp16, validation every N steps, and a checkpoint (``core.checkpoints``)
+every N steps.
 
 Deterministic on CPU for a seed; an interrupted run resumes from its last checkpoint to
 the same result as an uninterrupted one. Batches come from ``core.train_inputs``
@@ -28,7 +29,11 @@ from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.augment import Augmentation
-from clip_lora_pipeline.core.batches import EpochBatches, micro_batches
+from clip_lora_pipeline.core.batches import (
+    EpochBatches,
+    batches_per_epoch,
+    micro_batches,
+)
 from clip_lora_pipeline.core.checkpoints import (
     Checkpoint,
     CheckpointStore,
@@ -39,6 +44,7 @@ from clip_lora_pipeline.core.checkpoints import (
 from clip_lora_pipeline.core.durations import Pace, duration
 from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.generated import GeneratedBatch, GeneratedImages
+from clip_lora_pipeline.core.optimization import build_optimizer, build_scheduler
 from clip_lora_pipeline.core.runtime import (
     PeakMemory,
     RuntimeSettings,
@@ -136,8 +142,7 @@ class TrainingLoop:
         if not params:
             raise TrainingError("nothing to train: the chosen encoders have no such parameters.")
         self.trainable_count = sum(p.numel() for p in params)
-        self.optimizer = torch.optim.AdamW(params, lr=self.settings.lr,
-                                           weight_decay=self.settings.weight_decay)
+        self.optimizer = build_optimizer(params, self.settings)
         self.scaler = torch.amp.GradScaler(adapted.device.type,
                                            enabled=adapted.dtype == torch.float16)
         cfg = adapted.clip.visual.preprocess_cfg
@@ -217,8 +222,8 @@ class TrainingLoop:
             InputSettings(workers, runtime.pixel_cache_mb), generated)
         val = Validation(self.adapted, val_paths, val_labels, eval_transform,
                          workers, runtime.pixel_cache_mb)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=total_steps, eta_min=s.min_lr)
+        scheduler = build_scheduler(self.optimizer, s, total_steps,
+                                    batches_per_epoch(len(train_paths), s.batch_size))
         store = CheckpointStore(checkpoint_dir / "last") if checkpoint_dir else None
         run = self._resume(store, scheduler)
         with deterministic_algorithms(runtime.deterministic):

@@ -1,4 +1,4 @@
-"""The lora pipeline (LoRA and BitFit) with SequentialRunner on generated shapes."""
+"""The lora pipeline (LoRA, BitFit and CoOp) with SequentialRunner on generated shapes."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ FAST = {"lr": 5e-3, "max_steps": 20, "batch_size": 16, "eval_every": 10,
 METHODS = {
     "lora": {"method": "lora", **FAST, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}},
     "bitfit": {"method": "bitfit", **FAST, "bitfit": {"layernorm": True}},
+    # CoOp's recipe (SGD, a warm-up epoch, cosine) but for the steps and lr
+    "coop": {"method": "coop", **FAST, "coop": {"class_specific": True}},
 }
 CELL = Cell(shots=4, seed=1)
 OUT = "shapes.shots_4_seed_1"  # the cell's namespace
@@ -61,7 +63,7 @@ def _catalog(tmp_path, data):
     return DataCatalog(entries)
 
 
-def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
+def test_pipeline_trains_evaluates_and_exports_every_method(tmp_path, data):
     catalog = _catalog(tmp_path, data)
     SequentialRunner().run(for_cell("shapes", CELL, list(METHODS)), catalog)
     for method in METHODS:
@@ -82,6 +84,9 @@ def test_pipeline_trains_evaluates_and_exports_both_methods(tmp_path, data):
     assert all("lora_" in name for name in lora_names)
     bitfit_names = catalog.load(f"{OUT}.adapted_bitfit_adapter")["tensors"]
     assert all(n.endswith((".bias", ".weight")) and "lora" not in n for n in bitfit_names)
+    coop = catalog.load(f"{OUT}.adapted_coop_merged_model")  # the adapter, not merged
+    assert coop["config"]["merged"] is False and list(coop["tensors"]) == [
+        "prompt_context.vectors"]
 
 
 def test_merged_export_loads_into_plain_open_clip_and_matches(tmp_path, data):
@@ -123,3 +128,19 @@ def test_another_precision_trains_afresh_instead_of_resuming(tmp_path, data):
         for precision in ("fp32", "bf16")]
     assert folders[0] != folders[1]
     assert models._shared.cache_info().currsize == 0
+
+
+def test_coop_trains_for_its_epochs_by_shots(tmp_path, data):
+    """Steps = the entry's epochs for the cell's shots x batches per epoch; a run on
+    all images (shots null) has no entry and names the setting."""
+    dataset, manifest, train, val, _ = data
+    entry = {"method": "coop", "epochs": {1: 1, 4: 2}, "batch_size": 16, "eval_every": None,
+             "warmup_epochs": 0}
+    runtime = {**RUNTIME, "device": "cpu", "precision": "fp32"}
+    summary = nodes.train_adapter(train, val, manifest, dataset, MODEL, runtime, 4, entry,
+                                  str(tmp_path), name="coop", seed=1)[2]
+    assert summary["steps"] == 2 * -(-len(train) // 16)
+    with pytest.raises(ValueError, match=r"^adaptation_methods\.coop\.epochs maps shots to "
+                                         r"epochs, but shots is null"):
+        nodes.train_adapter(train, val, manifest, dataset, MODEL, runtime, None, entry,
+                            str(tmp_path), name="coop", seed=1)

@@ -91,8 +91,16 @@ def _vpt(settings: Mapping[str, Any]) -> str:
             f"{_get(settings, 'head')} head, lr {_get(settings, 'lr')}.")
 
 
-ADAPTATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {"lora": _lora, "bitfit": _bitfit,
-                                                              "vpt": _vpt}
+def _coop(settings: Mapping[str, Any]) -> str:
+    per_class = _get(settings, "coop", "class_specific")
+    kind = {True: "one set per class", False: "shared by all classes"}.get(per_class, DEFAULT)
+    return (f"CoOp: {_get(settings, 'coop', 'context_length')} learned context vectors "
+            f"({kind}) before each class name at the text encoder's input, CLIP frozen; "
+            f"{_get(settings, 'optimizer')} optimizer, lr {_get(settings, 'lr')}.")
+
+
+ADAPTATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "lora": _lora, "bitfit": _bitfit, "vpt": _vpt, "coop": _coop}
 
 
 def _generated(settings: Mapping[str, Any]) -> str:

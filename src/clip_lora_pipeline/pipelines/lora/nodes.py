@@ -15,6 +15,8 @@ from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip, load_clip
 from clip_lora_pipeline.core.adapted_eval import score_adapter
 from clip_lora_pipeline.core.attention import open_clip_state_dict
+from clip_lora_pipeline.core.backbone import SettingError
+from clip_lora_pipeline.core.errors import SettingsError
 from clip_lora_pipeline.core.generated import GeneratedImages
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.model_id import model_slug, uses_quick_gelu
@@ -57,7 +59,10 @@ def train_adapter(
     }, sort_keys=True, default=str)
     folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
     train_settings = adapted.settings.train
-    steps = train_settings.total_steps(shots)
+    try:
+        steps = train_settings.total_steps(shots, len(train))
+    except SettingError as exc:  # its message starts with the key
+        raise SettingsError(f"adaptation_methods.{name}.{exc}") from None
     quicker = (f"lower adaptation_methods.{name}.max_steps (now {steps} steps) or pick a "
                f"smaller model: model.name in conf/<env>/globals.yml (now "
                f"{model_params['name']}; ViT-B-32 has a quarter of ViT-B-16's image tokens)")
