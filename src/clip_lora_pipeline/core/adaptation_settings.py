@@ -147,6 +147,10 @@ def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
     train_values = {**method.train_defaults,
                     **{k: v for k, v in params.items() if k != method.name}}
     train = _build(TrainSettings, train_values, where)
+    try:
+        method.check_train(train)
+    except SettingError as exc:  # its message starts with the key
+        raise SettingsError(f"{where}.{exc}") from None
     own = params.get(method.name)
     _check_mapping(own, f"{where}.{method.name}", optional=True)
     return AdaptationSettings(name, train, method,
