@@ -74,7 +74,7 @@ def test_the_configured_entries_are_valid(path):
     ({"learning_rate": 1.0},
      r"^adaptation_methods\.x\.learning_rate: unknown with method lora; .*'lora', 'lr'"),
     ({"method": "adapter"}, r"^adaptation_methods\.x\.method is 'adapter'; allowed: "
-                            r"\['bitfit', 'lora'\]"),
+                            r"\['bitfit', 'lora', 'two_stage'\]"),
     ({"select": "best"}, r"^adaptation_methods\.x\.select must be one of \['last', "
                          r"'best_val'\]; got 'best'"),
     ({"patience": 3}, r"^adaptation_methods\.x\.patience needs select: best_val"),

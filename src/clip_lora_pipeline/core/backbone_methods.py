@@ -9,7 +9,8 @@ from __future__ import annotations
 from clip_lora_pipeline.core.backbone import BackboneMethod
 from clip_lora_pipeline.core.bitfit import BitFit
 from clip_lora_pipeline.core.lora import Lora
+from clip_lora_pipeline.core.two_stage import TwoStage
 
 BACKBONE_METHODS: dict[str, BackboneMethod] = {
-    method.name: method for method in (Lora(), BitFit())
+    method.name: method for method in (Lora(), BitFit(), TwoStage())
 }
