@@ -31,7 +31,7 @@ ALL = ("q", "k", "v", "o", "mlp")
 # move it; conf/smoke/parameters_lora.yml uses the same).
 FAST = {"dora": ({"variant": "dora", "r": 4, "alpha": 8, "dropout": 0.1}, 5e-3),
         "vera": ({"variant": "vera", "r": 64, "dropout": 0.1}, 5e-2),
-        "ia3": ({"variant": "ia3", "matrices": ["q", "k", "v", "mlp"]}, 5e-2)}
+        "ia3": ({"variant": "ia3", "matrices": ["q", "k", "v", "mlp"]}, 3e-2)}
 
 
 def _wrapped(variant: str, matrices=ALL):
