@@ -62,6 +62,9 @@ def layernorm_names(model: nn.Module, encoders: str) -> list[str]:
 
 
 class TwoStage(PeftBackbone):
+    """2SFS: stage 1 in the training loop (peft's LN tuning), stage 2 in ``after_loop``;
+    stored as peft's LN state plus the linear head, merged as the model's own LNs."""
+
     name = "two_stage"
     Settings = TwoStageSettings
     # The reference's budget and head: 300 iterations per shot, a linear classifier.
