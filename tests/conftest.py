@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
@@ -102,6 +103,10 @@ def copy_project(copy: Path) -> Path:
     return copy
 
 
+# The smoke environment's adaptation entries (name -> entry), in their order: every one is
+# trained, evaluated, exported and reported by a smoke run.
+SMOKE_ADAPTATIONS: dict = yaml.safe_load(
+    (PROJECT_ROOT / "conf/smoke/parameters_lora.yml").read_text())["adaptation_methods"]
 SMOKE_OUTPUT = "smoke_run_output.txt"  # what `kedro run --env smoke` printed, in the copy
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_kedro
+from tests.conftest import SMOKE_ADAPTATIONS, run_kedro
 
 REPORTS = Path("data/08_reporting/clip-lora-tiny__random/shots_8_seed_1")
 FEATURES = ["linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
             "meta_adapter"]
-ADAPTED = ["lora", "bitfit", "vpt", "coop"]  # the methods with training curves
-METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", *FEATURES, *ADAPTED]
+ADAPTATIONS = list(SMOKE_ADAPTATIONS)  # each has training curves
+METHODS = ["zero_shot_simple", "zero_shot_ensemble", "zero_shot_dataset", *FEATURES,
+           *ADAPTATIONS]
 SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"
 
 
@@ -36,7 +37,7 @@ def test_smoke_run_reports_every_method(smoke_project):
         assert row["top1"] == metrics["top1"]
         folder = reports / "synthetic" / method
         for png in ["confusion_matrix.png"] + (
-                ["training_curves.png"] if method in ADAPTED else []):
+                ["training_curves.png"] if method in ADAPTATIONS else []):
             assert (folder / png).read_bytes().startswith(b"\x89PNG"), folder / png
         assert (folder / "sample_predictions.html").read_text().count(
             "data:image/jpeg;base64,") == 16
@@ -87,9 +88,9 @@ def test_report_opens_in_chromium_with_every_image_and_no_errors(smoke_project, 
         screenshot = tmp_path / "report.png"
         page.screenshot(path=str(screenshot))
         browser.close()
-    # accuracy chart, per method a confusion matrix and 16 sample thumbnails, the training
-    # curves
-    assert len(images) == 1 + 17 * len(METHODS) + len(ADAPTED)
+    # accuracy chart, per method a confusion matrix and 16 sample thumbnails, per
+    # adaptation method its training curves
+    assert len(images) == 1 + 17 * len(METHODS) + len(ADAPTATIONS)
     assert [alt for alt, loaded in images if not loaded] == []
     assert headers[:3] == ["dataset", "method", "top-1 (95% CI)"]
     assert "git commit" in record and "How this run was made" in record

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_kedro
+from tests.conftest import SMOKE_ADAPTATIONS, run_kedro
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +71,16 @@ def test_smoke_run_trains_and_evaluates_every_method(project):
     models = project / "data/06_models/synthetic/clip-lora-tiny__random/shots_8_seed_1"
     n_test = _n_test(project)
     for method in ("linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
-                   "meta_adapter", "lora", "bitfit", "vpt", "coop"):
+                   "meta_adapter", *SMOKE_ADAPTATIONS):
         metrics = json.loads((out / method / "metrics.json").read_text())
         assert metrics["n_images"] == n_test
         # Tip-Adapter trains nothing: its cache is the few-shot features themselves
         assert metrics["trainable_parameters"] > 0 or method == "tip_adapter"
-    for method in ("lora", "bitfit", "vpt", "coop"):
+    for method, entry in SMOKE_ADAPTATIONS.items():
         assert (models / method / "adapter.safetensors").exists()
-        # CoOp's learned prompts cannot merge: its export is the adapter as trained
+        # learned prompts (VPT, CoOp) cannot merge: their export is the adapter as trained
         assert (models / method / "merged_open_clip.safetensors").exists()
-        assert len(pd.read_parquet(out / method / "history.parquet")) == 30
+        assert len(pd.read_parquet(out / method / "history.parquet")) == entry["max_steps"]
 
 
 @pytest.mark.slow

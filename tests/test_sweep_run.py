@@ -6,12 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_project, run_kedro
+from tests.conftest import SMOKE_ADAPTATIONS, copy_project, run_kedro
 
 SWEEP = ["run", "--env", "smoke", "--pipeline", "sweep"]
 OUT = "data/08_reporting/clip-lora-tiny__random/sweep_shots_1-2-4_seeds_1-2"
 TRAINED = ["linear_probe", "text_init_head", "tip_adapter", "tip_adapter_f", "clap",
-           "meta_adapter", "lora", "bitfit", "vpt", "coop"]
+           "meta_adapter", *SMOKE_ADAPTATIONS]
 
 
 def _completed(project, node: str) -> int:

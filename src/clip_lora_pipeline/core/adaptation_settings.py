@@ -204,6 +204,10 @@ def adaptation_settings(name: str, params: Any) -> AdaptationSettings:
     train_values = {**method.train_defaults,
                     **{k: v for k, v in params.items() if k not in own_keys}}
     train = _build(TrainSettings, train_values, where)
+    try:
+        method.check_train(train)
+    except SettingError as exc:  # its message starts with the key
+        raise SettingsError(f"{where}.{exc}") from None
     own = params.get(method.name)
     _check_mapping(own, f"{where}.{method.name}", optional=True)
     generated = params.get("generated")

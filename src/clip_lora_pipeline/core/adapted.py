@@ -82,7 +82,10 @@ class AdaptedClip(nn.Module):
         seed unless the entry sets one (CLIP-LoRA draws the sample and trains from one)."""
         settings = settings.seeded(seed)
         torch.manual_seed(settings.train.seed)  # LoRA's initialisation draws from it
-        return cls(loaded, class_names, settings, dtype)
+        adapted = cls(loaded, class_names, settings, dtype)
+        if settings.method.fits_head_after_loop:  # 2SFS: the loop trains the text head
+            adapted.linear = None
+        return adapted
 
     @classmethod
     def from_artifact(cls, adapter: dict[str, Any], model_params: dict[str, Any],

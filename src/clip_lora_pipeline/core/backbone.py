@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -57,6 +57,9 @@ class BackboneMethod(ABC):
     # Training settings (``core.adaptation_settings.TrainSettings`` keys) this method's
     # published recipe uses where the entry sets none, e.g. CoOp's SGD at 2e-3.
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    # True where ``after_loop`` fits the linear head (2SFS): the loop then trains through
+    # the text head, and ``AdaptedClip.from_settings`` leaves the linear head out.
+    fits_head_after_loop: ClassVar[bool] = False
 
     @abstractmethod
     def attach(self, clip: nn.Module, settings: Any) -> nn.Module:
@@ -86,3 +89,20 @@ class BackboneMethod(ABC):
         """A plain open_clip model computing what ``attached`` computes (a copy). Only
         called where ``mergeable``."""
         return copy.deepcopy(attached)
+
+    def check_train(self, train: Any) -> None:
+        """Refuse training settings (``core.adaptation_settings.TrainSettings``) this
+        method cannot follow: raise ``SettingError``, its message starting with the key."""
+
+    def loop_steps(self, settings: Any, total_steps: int) -> int:
+        """How many of the run's ``total_steps`` the training loop takes (``settings``:
+        the method's own); ``after_loop`` takes the rest."""
+        return total_steps
+
+    def after_loop(self, adapted: Any, batches: Iterator[tuple[int, torch.Tensor, torch.Tensor]],
+                   steps: int) -> tuple[list[dict[str, Any]], int]:
+        """The method's own ``steps`` after the loop, on the state the loop kept, with the
+        training batches (step, images, labels) of those steps: 2SFS's second stage.
+        Returns their history rows (as the loop writes them) and the count of elements
+        they trained. Must be deterministic: no checkpoint is written during them."""
+        raise NotImplementedError(f"{type(self).__name__} takes every step in the loop")

@@ -10,8 +10,9 @@ from clip_lora_pipeline.core.backbone import BackboneMethod
 from clip_lora_pipeline.core.bitfit import BitFit
 from clip_lora_pipeline.core.coop import CoOp
 from clip_lora_pipeline.core.lora import Lora
+from clip_lora_pipeline.core.two_stage import TwoStage
 from clip_lora_pipeline.core.vpt import Vpt
 
 BACKBONE_METHODS: dict[str, BackboneMethod] = {
-    method.name: method for method in (Lora(), BitFit(), Vpt(), CoOp())
+    method.name: method for method in (Lora(), BitFit(), Vpt(), CoOp(), TwoStage())
 }

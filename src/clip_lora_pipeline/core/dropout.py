@@ -1,6 +1,7 @@
 """Dropout for LoRA on CPU: ``FastDropout`` draws its keep mask as 10-bit integers, and
 the dropouts of one input (peft's q, k and v) share one draw; ``use_fast_dropout``
-swaps it in for peft's ``lora_dropout`` modules (``core.lora.Lora.attach`` does on CPU)."""
+swaps it in for peft's ``lora_dropout`` (and VeRA's ``vera_dropout``) modules
+(``core.lora.Lora.attach`` does on CPU)."""
 
 from __future__ import annotations
 
@@ -81,10 +82,11 @@ class FastDropout(nn.Dropout):
 
 
 def use_fast_dropout(model: nn.Module) -> int:
-    """Swap peft's ``lora_dropout`` modules for ``FastDropout``; returns the count."""
+    """Swap peft's ``lora_dropout`` and ``vera_dropout`` modules for ``FastDropout``;
+    returns the count."""
     swapped = 0
     for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
+        dropouts = getattr(module, "lora_dropout", getattr(module, "vera_dropout", None))
         if isinstance(dropouts, nn.ModuleDict):
             for key, dropout in dropouts.items():
                 if type(dropout) is nn.Dropout:

@@ -1,30 +1,24 @@
 """LoRA on open_clip: where it goes (encoders, blocks, matrices), its rank and scaling,
-the peft ``LoraConfig`` that targets those layers by name, and ``Lora``, the backbone
-method (``core.backbone``) that applies it with peft and stores peft's adapter state.
+its variant (LoRA, DoRA, VeRA or IA3, all from peft), the peft config that targets those
+layers by name, and ``Lora``, the backbone method (``core.backbone``) that applies it
+with peft and stores peft's adapter state.
 
 The q/k/v targets exist only once ``core.attention.unfuse_attention`` has split
-open_clip's fused attention into separate ``nn.Linear`` layers (``load_model`` does).
+open_clip's fused attention into separate ``nn.Linear`` layers (``load_model`` does):
+peft refuses DoRA, VeRA and IA3 on the fused ``nn.MultiheadAttention``.
 """
 
 from __future__ import annotations
 
-import copy
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-import torch
 from torch import nn
 
-from clip_lora_pipeline.core.backbone import (
-    BackboneMethod,
-    SettingError,
-    check_names,
-    is_int,
-    is_number,
-)
+from clip_lora_pipeline.core.backbone import SettingError, is_int, is_number
 from clip_lora_pipeline.core.dropout import use_fast_dropout
 from clip_lora_pipeline.core.errors import SettingsError
+from clip_lora_pipeline.core.peft_backbone import PeftBackbone
 
 ENCODERS = ("vision", "text", "both")
 MATRICES = ("q", "k", "v", "o", "mlp")
@@ -33,12 +27,25 @@ _MATRIX_MODULES = {
     "q": ["attn.q_proj"], "k": ["attn.k_proj"], "v": ["attn.v_proj"], "o": ["attn.out_proj"],
     "mlp": ["mlp.c_fc", "mlp.c_proj"],
 }
+# IA3 rescales the MLP's hidden activations once, as its paper does: the input of c_proj.
+_IA3_MLP = "mlp.c_proj"
+VARIANTS = ("lora", "dora", "vera", "ia3")
+# The settings a variant has no use for: refused when set to anything but the default.
+_UNUSED = {"vera": ("alpha", "rslora"), "ia3": ("r", "alpha", "rslora", "dropout")}
+_WHY_UNUSED = {"vera": "VeRA's trained vectors set the scale of its frozen random "
+                       "projections; r is their shared rank",
+               "ia3": "IA3 only rescales activations by trained vectors"}
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """Where and how LoRA goes. Defaults reproduce CLIP-LoRA (Zanella & Ben Ayed, 2024)."""
+    """Where and how LoRA goes. Defaults reproduce CLIP-LoRA (Zanella & Ben Ayed, 2024).
+    ``variant``: lora; dora (DoRA: LoRA on the weight's direction plus a trained magnitude
+    per output); vera (VeRA: frozen random rank-r projections shared by every layer,
+    trained scaling vectors); ia3 (IA3: a trained vector rescales each target's output,
+    or the MLP's hidden activations for ``mlp``)."""
 
+    variant: str = "lora"
     encoders: str = "both"
     blocks: tuple[int, int] | None = None  # [first, last) block indices; None = all
     matrices: tuple[str, ...] = ("q", "k", "v")
@@ -48,6 +55,8 @@ class LoraSettings:
     dropout: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise SettingError(f"variant must be one of {VARIANTS}; got {self.variant!r}.")
         if self.encoders not in ENCODERS:
             raise SettingError(f"encoders must be one of {ENCODERS}; got {self.encoders!r}.")
         if self.blocks is not None and not (
@@ -67,6 +76,16 @@ class LoraSettings:
         for key, (ok, allowed) in numbers.items():
             if not ok:
                 raise SettingError(f"{key} must be {allowed}; got {getattr(self, key)!r}.")
+        self._check_unused()
+
+    def _check_unused(self) -> None:
+        defaults = {f.name: f.default for f in fields(self)}
+        for key in _UNUSED.get(self.variant, ()):
+            if getattr(self, key) != defaults[key]:
+                raise SettingError(
+                    f"{key} is not used by variant {self.variant} ({_WHY_UNUSED[self.variant]}); "
+                    f"got {getattr(self, key)!r}. Leave {', '.join(_UNUSED[self.variant])} out, "
+                    f"or pick variant lora or dora.")
 
     @property
     def scaling(self) -> float:
@@ -86,7 +105,10 @@ def target_module_names(model: nn.Module, settings: LoraSettings) -> list[str]:
                                 f"tower's blocks 0..{count}; set blocks: [first, last) within them.")
         for block in range(first, last):
             for matrix in settings.matrices:
-                names += [f"{prefix}.{block}.{m}" for m in _MATRIX_MODULES[matrix]]
+                modules = _MATRIX_MODULES[matrix]
+                if settings.variant == "ia3" and matrix == "mlp":
+                    modules = [_IA3_MLP]
+                names += [f"{prefix}.{block}.{m}" for m in modules]
     missing = [n for n in names if not isinstance(_get(model, n), nn.Linear)]
     if missing:
         raise ValueError(
@@ -103,47 +125,43 @@ def _get(model: nn.Module, name: str) -> nn.Module | None:
 
 
 def peft_config(model: nn.Module, settings: LoraSettings):
-    from peft import LoraConfig
+    """peft's config for the variant, on exactly the layers ``target_module_names`` lists."""
+    from peft import IA3Config, LoraConfig, VeraConfig
 
+    names = target_module_names(model, settings)
+    # A string is matched with re.fullmatch against each module's qualified name.
+    targets = "|".join(re.escape(n) for n in names)
+    if settings.variant == "ia3":
+        # feedforward: the vector scales the layer's input (the MLP's hidden activations)
+        return IA3Config(target_modules=targets,
+                         feedforward_modules=[n for n in names if n.endswith(_IA3_MLP)])
+    if settings.variant == "vera":
+        return VeraConfig(r=settings.r, target_modules=targets,
+                          vera_dropout=settings.dropout, bias="none")
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         use_rslora=settings.rslora,
-        # A string is matched with re.fullmatch against each module's qualified name.
-        target_modules="|".join(re.escape(n) for n in target_module_names(model, settings)),
+        use_dora=settings.variant == "dora",
+        target_modules=targets,
         bias="none",
     )
 
 
-class Lora(BackboneMethod):
-    """LoRA with peft: low-rank matrices beside the targeted layers, everything else
-    frozen; stored as peft's adapter state dict, merged with ``merge_and_unload``."""
+class Lora(PeftBackbone):
+    """LoRA (or its variant) with peft: trainable parts beside the targeted layers,
+    everything else frozen; stored as peft's adapter state dict, merged with
+    ``merge_and_unload``."""
 
     name = "lora"
     Settings = LoraSettings
 
-    def attach(self, clip: nn.Module, settings: LoraSettings) -> nn.Module:
-        from peft import get_peft_model
+    def peft_config(self, clip: nn.Module, settings: LoraSettings):
+        return peft_config(clip, settings)
 
-        wrapped = get_peft_model(clip, peft_config(clip, settings))  # freezes the rest
+    def attach(self, clip: nn.Module, settings: LoraSettings) -> nn.Module:
+        wrapped = super().attach(clip, settings)
         if next(clip.parameters()).device.type == "cpu":
             use_fast_dropout(wrapped)
         return wrapped
-
-    def encoder(self, attached: nn.Module) -> nn.Module:
-        return attached.base_model.model
-
-    def state(self, attached: nn.Module) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(attached)
-
-    def load_state(self, attached: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
-        check_names(self.state(attached), tensors)
-        set_peft_model_state_dict(attached, dict(tensors))
-
-    def merged(self, attached: nn.Module) -> nn.Module:
-        return copy.deepcopy(attached).merge_and_unload()

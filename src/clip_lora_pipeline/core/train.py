@@ -222,16 +222,35 @@ class TrainingLoop:
             InputSettings(workers, runtime.pixel_cache_mb), generated)
         val = Validation(self.adapted, val_paths, val_labels, eval_transform,
                          workers, runtime.pixel_cache_mb)
-        scheduler = build_scheduler(self.optimizer, s, total_steps,
+        # A method may take the last steps itself, after the loop (2SFS's second stage).
+        loop_steps = self.adapted.settings.method.loop_steps(
+            self.adapted.settings.method_settings, total_steps)
+        scheduler = build_scheduler(self.optimizer, s, loop_steps,
                                     batches_per_epoch(len(train_paths), s.batch_size))
         store = CheckpointStore(checkpoint_dir / "last") if checkpoint_dir else None
         run = self._resume(store, scheduler)
         with deterministic_algorithms(runtime.deterministic):
-            seconds = self._run(run, inputs, val, scheduler, store, total_steps, quicker)
-        self.adapted.eval()
-        if s.select == "best_val":
-            self.adapted.load_state(run.best)
+            seconds = self._run(run, inputs, val, scheduler, store, loop_steps, quicker)
+            self.adapted.eval()
+            if s.select == "best_val":
+                self.adapted.load_state(run.best)
+            if loop_steps < total_steps:
+                seconds += self._after_loop(run, inputs, val, total_steps)
         return self._result(run, seconds, memory)
+
+    def _after_loop(self, run: Progress, inputs: TrainingBatches, val: Validation,
+                    total_steps: int) -> float:
+        """The method's own last steps (``BackboneMethod.after_loop``), then validation;
+        deterministic, so not checkpointed: a resumed run takes them again."""
+        start = time.perf_counter()
+        rows, trained = self.adapted.settings.method.after_loop(
+            self.adapted, inputs.steps(run.step, total_steps), total_steps - run.step)
+        run.history.extend(rows)
+        run.step, self.trainable_count = total_steps, self.trainable_count + trained
+        if self.settings.eval_every:
+            run.history[-1]["val_accuracy"] = accuracy = val.accuracy()
+            run.observe(accuracy, self.adapted.state, None)
+        return time.perf_counter() - start
 
     def _run(self, run: Progress, inputs: TrainingBatches, val: Validation, scheduler,
              store: CheckpointStore | None, total_steps: int, quicker: str | None) -> float:

@@ -64,12 +64,25 @@ def _text_init_head(settings: Mapping[str, Any]) -> str:
             f"back towards it, strength picked on val{search}, then refit on train + val.")
 
 
+# variant: (what it trains, the settings it uses)
+_LORA_VARIANTS = {
+    "lora": ("LoRA: low-rank updates", ("r", "alpha", "rslora", "dropout")),
+    "dora": ("DoRA: low-rank updates of the direction and a trained magnitude per output",
+             ("r", "alpha", "rslora", "dropout")),
+    "vera": ("VeRA: trained scaling vectors around frozen random projections shared by all "
+             "layers", ("r", "dropout")),
+    "ia3": ("IA3: trained vectors rescaling the outputs (the MLP's hidden activations)", ()),
+}
+
+
 def _lora(settings: Mapping[str, Any]) -> str:
     lora = settings.get("lora") or {}
     matrices = lora.get("matrices", DEFAULT)
     matrices = "+".join(matrices) if isinstance(matrices, (list, tuple)) else matrices
     blocks = lora.get("blocks")
-    return (f"LoRA: low-rank updates ({_given(lora, ('r', 'alpha', 'rslora', 'dropout'))}) on "
+    what, keys = _LORA_VARIANTS.get(lora.get("variant", "lora"), _LORA_VARIANTS["lora"])
+    shown = f" ({_given(lora, keys)})" if keys else ""
+    return (f"{what}{shown} on "
             f"the {matrices} matrices of "
             f"{'all blocks' if blocks is None else f'blocks {blocks}'} of "
             f"{_encoders(lora.get('encoders', DEFAULT))}, CLIP frozen; "
@@ -99,8 +112,17 @@ def _coop(settings: Mapping[str, Any]) -> str:
             f"{_get(settings, 'optimizer')} optimizer, lr {_get(settings, 'lr')}.")
 
 
+def _two_stage(settings: Mapping[str, Any]) -> str:
+    fraction = _get(settings, "two_stage", "stage1_fraction")
+    share = f"{fraction:.0%}" if isinstance(fraction, (int, float)) else fraction
+    return (f"2SFS: the LayerNorms of {_encoders(_get(settings, 'two_stage', 'encoders'))} "
+            f"train through the text head for the first {share} of the steps, then a cosine "
+            f"classifier initialised from the class prompts trains on the frozen model's "
+            f"features; lr {_get(settings, 'lr')}.")
+
+
 ADAPTATIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
-    "lora": _lora, "bitfit": _bitfit, "vpt": _vpt, "coop": _coop}
+    "lora": _lora, "bitfit": _bitfit, "vpt": _vpt, "coop": _coop, "two_stage": _two_stage}
 
 
 def _generated(settings: Mapping[str, Any]) -> str:
