@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip, load_clip
 from clip_lora_pipeline.core.adapted_eval import score_adapter
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def _paths(frame: pd.DataFrame, dataset: dict[str, Any]) -> list[str]:
-    return [str(Path(dataset["root"]) / p) for p in frame["path"]]
+    return [storage.join(dataset["root"], p) for p in frame["path"]]
 
 
 def train_adapter(
@@ -51,7 +51,7 @@ def train_adapter(
         # another precision or device cannot resume this run's optimiser and scaler state
         "precision": str(dtype), "device": loaded.device.type,
     }, sort_keys=True, default=str)
-    folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
+    folder = storage.data_path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
     train_settings = adapted.settings.train
     steps = train_settings.total_steps(shots)
     quicker = (f"lower adaptation_methods.{name}.max_steps (now {steps} steps) or pick a "
