@@ -13,16 +13,23 @@ import torch
 
 from clip_lora_pipeline.core import images as images_module
 from clip_lora_pipeline.core import storage
-from clip_lora_pipeline.core.atomic import atomic_dir, atomic_path, current_dir, settled_dir
+from clip_lora_pipeline.core.atomic import (
+    atomic_dir,
+    atomic_path,
+    current_dir,
+    settled_dir,
+)
 from clip_lora_pipeline.core.checkpoints import Checkpoint, CheckpointStore
-from clip_lora_pipeline.core.dataset_settings import DatasetSettings, DatasetSettingsError
+from clip_lora_pipeline.core.dataset_settings import (
+    DatasetSettings,
+    DatasetSettingsError,
+)
 from clip_lora_pipeline.core.images import image_files, load_rgb, validate_images
 from clip_lora_pipeline.core.manifest import make_manifest
 from clip_lora_pipeline.core.sources import get_source
 from clip_lora_pipeline.core.store import EmbeddingStore, file_hash
 from clip_lora_pipeline.core.validation_store import ValidationStore
 from tests.conftest import write_image
-from tests.object_stores import remote_root, s3_endpoint  # noqa: F401
 
 
 def _put(root, relative: str, data: bytes) -> None:
@@ -37,6 +44,7 @@ def test_local_locations_stay_plain_paths(tmp_path):
     assert storage.is_remote("s3://bucket/clip") and storage.is_remote("memory:///a")
     assert storage.join("data", "a/b.png") == "data/a/b.png"
     assert storage.join("s3://bucket/clip", "a/b.png") == "s3://bucket/clip/a/b.png"
+    assert storage.join("", "s3://bucket/clip/a.png") == "s3://bucket/clip/a.png"
     with storage.local_copy(tmp_path / "x") as copy:
         assert copy == tmp_path / "x"  # no copy of a local file
 

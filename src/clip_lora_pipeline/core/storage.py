@@ -47,8 +47,12 @@ def data_path(location: Location) -> Path | UPath:
 
 
 def join(root: Location, *parts: str) -> str:
-    """``root`` joined with relative POSIX ``parts``, as text (a URL where remote)."""
-    return str(data_path(root).joinpath(*parts))
+    """``root`` joined with POSIX ``parts``, as text (a URL where remote). As with
+    pathlib, a part that is a location of its own (absolute, or a URL) starts afresh."""
+    path = data_path(root)
+    for part in parts:
+        path = data_path(part) if is_remote(part) else path / part
+    return str(path)
 
 
 def filesystem_for(location: Location) -> tuple[fsspec.AbstractFileSystem, str]:
