@@ -1,7 +1,7 @@
 """Filesystems other than the local one, for the tests of ``core.storage`` and what uses
 it: fsspec's in-process ``memory://`` always, and an S3 bucket on a local moto server
-where moto and s3fs are installed (the ``dev`` extra). Import the fixtures into a test
-module: ``from tests.object_stores import remote_root, s3_endpoint  # noqa: F401``."""
+where moto and s3fs are installed (the ``dev`` extra). ``tests/conftest.py`` loads
+these fixtures for every test."""
 
 from __future__ import annotations
 
