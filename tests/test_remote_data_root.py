@@ -121,3 +121,16 @@ def test_a_second_run_reuses_every_node_from_the_records_there(remote):
     assert second["up_to_date"]
     records = storage.listdir(f"{root}/.fingerprints")
     assert "_last_run.json" in records and len(records) > len(first["ran"])
+
+
+def test_the_quick_check_keeps_its_file_beside_the_records(remote):
+    from clip_lora_pipeline.quick_check import QuickCheck
+
+    project, root, _, _ = remote
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        check = QuickCheck({"env": "smoke"})
+        assert str(check.folder) == str(storage.data_path(f"{root}/.fingerprints"))
+        check.save()  # the last run left every node up to date
+        assert storage.exists(f"{root}/.fingerprints/_quick_check.json")
+        assert QuickCheck({"env": "smoke"}).unchanged()
