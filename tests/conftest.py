@@ -15,6 +15,9 @@ from PIL import Image
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
+# remote_root: a folder on fsspec's memory:// and, with moto installed, on a local S3
+pytest_plugins = ["tests.object_stores"]
+
 
 class NetworkAccessError(AssertionError):
     """A test tried to reach the network."""

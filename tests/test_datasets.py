@@ -128,3 +128,55 @@ def test_safetensors_round_trip_and_interrupted_save_keeps_the_previous_file(
     stored = dataset.load()
     assert stored["config"] == {"name": "lora"} and stored["tensors"]["w"].tolist() == [1.0, 1.0]
     assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
+
+
+def test_every_type_round_trips_on_a_remote_filesystem(remote_root):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from clip_lora_pipeline.core import storage
+    from clip_lora_pipeline.datasets import (
+        CSVDataset,
+        FigureDataset,
+        SafetensorsDataset,
+        TextDataset,
+    )
+
+    frame = pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1]})
+    for kind, name, data in ((ParquetDataset, "t.parquet", frame), (JSONDataset, "m.json", {"a": 1}),
+                             (TextDataset, "r.html", "<p>r</p>")):
+        dataset = kind(filepath=f"{remote_root}/sub/{name}")
+        assert not dataset.exists()
+        dataset.save(data)
+        loaded = dataset.load()
+        assert loaded.equals(data) if isinstance(data, pd.DataFrame) else loaded == data
+    CSVDataset(filepath=f"{remote_root}/sub/t.csv", save_args={"index": False}).save(frame)
+    figure = FigureDataset(filepath=f"{remote_root}/sub/f.png")
+    figure.save(plt.figure())
+    assert figure.load().startswith(b"\x89PNG")
+    tensors = SafetensorsDataset(f"{remote_root}/sub/a.safetensors")
+    tensors.save({"tensors": {"w": torch.ones(2)}, "config": {"name": "lora"}})
+    assert tensors.exists() and tensors.load()["config"] == {"name": "lora"}
+    assert storage.listdir(f"{remote_root}/sub") == [
+        "a.safetensors", "f.png", "m.json", "r.html", "t.csv", "t.parquet"]
+
+
+def test_an_interrupted_remote_save_keeps_the_previous_object(remote_root, monkeypatch):
+    # fsspec's remote files upload what was written when they close, an error included:
+    # without the local staging, half a file would replace the table
+    dataset = ParquetDataset(filepath=f"{remote_root}/table.parquet")
+    old = pd.DataFrame({"x": [1, 2, 3]})
+    dataset.save(old)
+
+    def dies_halfway(self, handle, **kwargs):
+        handle.write(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises((KeyboardInterrupt, DatasetError)):
+        patch.setattr(pd.DataFrame, "to_parquet", dies_halfway)
+        dataset.save(pd.DataFrame({"x": [9]}))
+    pd.testing.assert_frame_equal(ParquetDataset(filepath=f"{remote_root}/table.parquet").load(),
+                                  old)

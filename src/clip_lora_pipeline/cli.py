@@ -24,7 +24,6 @@ from kedro.framework.cli.project import run as kedro_run
 
 from clip_lora_pipeline import logs
 from clip_lora_pipeline.core.errors import UserError
-from clip_lora_pipeline.fingerprints import RECORD_DIR
 from clip_lora_pipeline.quick_check import QuickCheck
 from clip_lora_pipeline.runner import RECOMPUTE_ENV, truthy
 
@@ -100,7 +99,7 @@ def _quick_check(options: dict):
     if options.get("runner") not in (None, DEFAULT_RUNNER) or truthy(
             runner_params.get("recompute", "")) or truthy(os.environ.get(RECOMPUTE_ENV, "")):
         return None
-    return QuickCheck(options, Path(runner_params.get("records", RECORD_DIR)))
+    return QuickCheck(options, runner_params.get("records"))
 
 
 @click.group(name="clip-lora-pipeline")

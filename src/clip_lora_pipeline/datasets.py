@@ -3,15 +3,21 @@
 kedro-datasets writes straight to the final path, so a run killed mid-write leaves a
 file that exists but is cut short, and ``--only-missing-outputs`` would then skip it.
 These types write to a hidden sibling and rename it into place when it is complete
-(``core.atomic.atomic_path``, which the training checkpoints share).
+(``core.atomic.atomic_path``, which the training checkpoints share). Elsewhere (an
+fsspec URL: ``s3://``, ``gs://``, ``abfs://``), a file open for writing uploads what was
+written when it closes, an error included, so these types write a local temporary file
+and put it whole (``core.storage.put_whole``) with the dataset's own filesystem (its
+``credentials`` and ``fs_args``).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import fsspec
 import numpy as np
 from kedro.io.core import AbstractDataset, get_filepath_str
 from kedro_datasets._typing import TablePreview
@@ -21,11 +27,13 @@ from kedro_datasets.pandas import CSVDataset as _CSVDataset
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 from kedro_datasets.text import TextDataset as _TextDataset
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.atomic import atomic_path
 
 
 class AtomicSaveMixin:
-    """Stage a local save under a hidden temporary name, then rename it into place.
+    """Stage a local save under a hidden temporary name, then rename it into place; a
+    remote one in a local temporary file, then put it whole.
 
     ``remake: true`` (for cheap summaries: reports, comparison tables, sweep aggregates)
     makes the dataset count as missing, so ``--only-missing-outputs`` remakes it from
@@ -49,17 +57,28 @@ class AtomicSaveMixin:
         return self._staging or super()._get_save_path()
 
     def save(self, data: Any) -> None:
-        if self._protocol != "file":
-            super().save(data)
+        final = get_filepath_str(super()._get_save_path(), self._protocol)
+        if self._protocol == "file":
+            with atomic_path(Path(final)) as staging:
+                self._save_to(staging, data)
             return
-        final = Path(get_filepath_str(super()._get_save_path(), self._protocol))
-        with atomic_path(final) as staging:
-            # kedro-datasets writes wherever _get_save_path points, for this save only
-            self._staging = PurePosixPath(staging.as_posix())
+        remote = self._fs
+        with tempfile.TemporaryDirectory(prefix="clip-lora-") as folder:
+            staging = Path(folder) / PurePosixPath(final).name
+            self._fs = fsspec.filesystem("file")  # for this save only
             try:
-                super().save(data)
+                self._save_to(staging, data)
             finally:
-                self._staging = None
+                self._fs = remote
+            storage.put_whole(remote, staging, final)
+
+    def _save_to(self, staging: Path, data: Any) -> None:
+        # kedro-datasets writes wherever _get_save_path points, for this save only
+        self._staging = PurePosixPath(staging.as_posix())
+        try:
+            super().save(data)
+        finally:
+            self._staging = None
 
 
 class ParquetDataset(AtomicSaveMixin, _ParquetDataset):
@@ -111,24 +130,26 @@ class FigureDataset(AtomicSaveMixin, _MatplotlibDataset):
 
 
 class SafetensorsDataset(AbstractDataset):
-    """Tensors plus a JSON config in one ``.safetensors`` file, written atomically.
+    """Tensors plus a JSON config in one ``.safetensors`` file, written atomically, on
+    any filesystem (``core.storage``).
 
     Data is ``{"tensors": {name: Tensor}, "config": {...}}``. Loading never unpickles
     anything: safetensors holds raw tensors and a string header.
     """
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
+        self._filepath = storage.data_path(filepath)
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(self._filepath), framework="pt") as handle:
-            header = handle.metadata() or {}
-        return {"tensors": load_file(str(self._filepath)),
-                "config": json.loads(header.get("config", "{}"))}
+        with storage.local_copy(self._filepath) as local:
+            with safe_open(str(local), framework="pt") as handle:
+                header = handle.metadata() or {}
+            return {"tensors": load_file(str(local)),
+                    "config": json.loads(header.get("config", "{}"))}
 
     def save(self, data: dict[str, Any]) -> None:
         from safetensors.torch import save_file

@@ -14,9 +14,10 @@ Not detected: changes in installed libraries (open_clip, torch, ...), in files r
 outside the catalog and the named folders, and in code reached only through objects
 built at run time from another package.
 
-Records live in ``data/.fingerprints/<node>.json``. A node's record is deleted before
-it runs and written (atomically) after all its outputs are saved, so a killed run never
-marks a node done.
+Records live in ``<fingerprint_records>/<node>.json`` (the parameter; by default
+``<data_root>/.fingerprints``, on any filesystem: ``core.storage``). A node's record is
+deleted before it runs and written (atomically) after all its outputs are saved, so a
+killed run never marks a node done.
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
 PACKAGE = "clip_lora_pipeline"
 FOLDER_KEYS = ("root", "input")  # parameter keys whose value names a folder read by path
-RECORD_DIR = Path("data/.fingerprints")
+RECORD_DIR = Path("data/.fingerprints")  # where no parameter names the folder
+RECORDS_PARAMETER = "fingerprint_records"
 VOLATILE = "volatile"  # the tag of nodes that read state outside the catalog: always run
 _CHUNK = 1 << 20
 
@@ -49,17 +54,24 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_sha(path: Path) -> str:
+def file_sha(path: Path | UPath) -> str:
     sha = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open_for_read(path) as handle:
         while chunk := handle.read(_CHUNK):
             sha.update(chunk)
     return sha.hexdigest()
 
 
-def file_stat(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
+def file_stat(path: Path | UPath) -> list:
+    return storage.signature(path)
+
+
+def records_folder(catalog) -> Path | UPath:
+    """The folder of the node records: the run's parameter ``fingerprint_records``
+    (under the data root, ``conf/base/parameters.yml``), else ``RECORD_DIR``."""
+    name = f"params:{RECORDS_PARAMETER}"
+    folder = catalog.get(name).load() if name in catalog else None
+    return storage.data_path(folder or RECORD_DIR)
 
 
 # Code ----------------------------------------------------------------------------------
@@ -135,24 +147,26 @@ def node_code(func: Any) -> tuple[str, Any]:
 # Folders and files --------------------------------------------------------------------
 class FileHashes:
     """sha256 of files, remembered with their size and mtime so that unchanged files are
-    not read again (``data/.fingerprints/_files.json``)."""
+    not read again (``<records>/_files.json``)."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.known: dict[str, list] = json.loads(path.read_text()) if path.exists() else {}
+    def __init__(self, path: Path | UPath):
+        self.path = storage.data_path(path)
+        self.known: dict[str, list] = (json.loads(self.path.read_text())
+                                       if self.path.exists() else {})
         self.changed = False
 
-    def sha(self, path: Path) -> str:
-        key, stat = str(path.resolve()), file_stat(path)
+    def sha(self, path: Path | UPath) -> str:
+        key, stat = storage.identity(path), file_stat(path)
         entry = self.known.get(key)
         if entry is None or entry[:2] != stat:
             self.known[key] = [*stat, file_sha(path)]
             self.changed = True
         return self.known[key][2]
 
-    def folder(self, root: Path) -> str:
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        return digest([(p.relative_to(root).as_posix(), self.sha(p)) for p in files])
+    def folder(self, root: Path | UPath | str) -> str:
+        root = storage.data_path(root)
+        return digest([(p.relative_to(root).as_posix(), self.sha(p))
+                       for p in storage.files_under(root)])
 
     def save(self) -> None:
         if self.changed:
@@ -164,7 +178,7 @@ class FileHashes:
 def folders_named(value: Any) -> Iterable[str]:
     if isinstance(value, dict):
         for key, item in value.items():
-            if key in FOLDER_KEYS and isinstance(item, str) and os.path.isdir(item):
+            if key in FOLDER_KEYS and isinstance(item, str) and item and storage.is_dir(item):
                 yield item
             else:
                 yield from folders_named(item)
@@ -177,29 +191,29 @@ def folders_named(value: Any) -> Iterable[str]:
 class Ledger:
     """The fingerprints of one run's nodes against the records of earlier runs."""
 
-    def __init__(self, catalog, folder: Path = RECORD_DIR):
-        self.catalog, self.folder = catalog, Path(folder)
+    def __init__(self, catalog, folder: Path | UPath | str = RECORD_DIR):
+        self.catalog, self.folder = catalog, storage.data_path(folder)
         self.files = FileHashes(self.folder / "_files.json")
         self.records = {}
-        for path in self.folder.glob("*.json"):
-            if not path.name.startswith("_"):
-                record = json.loads(path.read_text())
+        for name in storage.listdir(self.folder):
+            if name.endswith(".json") and not name.startswith("_"):
+                record = json.loads((self.folder / name).read_text())
                 self.records[record["node"]] = record
         self._folders: dict[str, str] = {}
         self._written = {name: entry for record in self.records.values()
                          for name, entry in record["outputs"].items()}
 
-    def _record_path(self, node_name: str) -> Path:
+    def _record_path(self, node_name: str) -> Path | UPath:
         return self.folder / f"{node_name.replace(os.sep, '_')}.json"
 
-    def _filepath(self, name: str) -> Path | None:
+    def _filepath(self, name: str) -> Path | UPath | None:
         dataset = self.catalog.get(name, fallback_to_runtime_pattern=True)
-        describe = getattr(dataset, "_describe", dict)()
-        return Path(describe["filepath"]) if describe.get("filepath") else None
+        location = storage.described_location(getattr(dataset, "_describe", dict)())
+        return storage.data_path(location) if location else None
 
     def _folder(self, root: str) -> str:
         if root not in self._folders:
-            self._folders[root] = self.files.folder(Path(root))
+            self._folders[root] = self.files.folder(root)
         return self._folders[root]
 
     def input_fingerprint(self, name: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class MissingInputsError(UserError, RuntimeError):
 
 
 def _filepath(catalog, name: str) -> str:
-    return str(catalog[name]._describe().get("filepath", ""))
+    return storage.described_location(catalog[name]._describe()) or ""
 
 
 def missing_inputs_message(missing: list[str], catalog) -> str:

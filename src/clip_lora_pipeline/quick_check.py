@@ -21,6 +21,7 @@ none.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -28,10 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.session import KedroSession
+from upath import UPath
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.atomic import atomic_path
 from clip_lora_pipeline.fingerprints import (
     RECORD_DIR,
+    RECORDS_PARAMETER,
     FileHashes,
     digest,
     file_stat,
@@ -53,39 +57,59 @@ def _tree(root: Path, files: FileHashes, pattern: str = "*") -> list:
 
 
 def stats(paths: list[str]) -> dict[str, list[int] | None]:
-    return {path: file_stat(Path(path)) if Path(path).exists() else None for path in paths}
+    return {path: file_stat(path) if storage.exists(path) else None for path in paths}
 
 
 class QuickCheck:
-    """The quick check for one ``kedro run`` command (its click options)."""
+    """The quick check for one ``kedro run`` command (its click options). ``records``:
+    the folder of the node records; None: the run's parameter ``fingerprint_records``."""
 
-    def __init__(self, options: dict[str, Any], records: Path = RECORD_DIR):
+    def __init__(self, options: dict[str, Any], records: str | Path | None = None):
         self.options = options
-        self.path = Path(records) / FILE
-        self.files = FileHashes(Path(records) / "_files.json")
+        self._records_option = records
         self._digest: str | None = None
+
+    @functools.cached_property
+    def _config(self) -> dict[str, Any]:
+        """The command's environment, parameters, catalog and configuration folder."""
+        with KedroSession.create(env=self.options.get("env"),
+                                 conf_source=self.options.get("conf_source"),
+                                 runtime_params=self.options.get("params")) as session:
+            context = session.load_context()
+            # Not context.params: Kedro validates those against every pipeline, which
+            # imports them.
+            return {"env": context.env, "parameters": context.config_loader["parameters"],
+                    "catalog": context.config_loader["catalog"],
+                    "conf": Path(context.config_loader.conf_source)}
+
+    @functools.cached_property
+    def folder(self) -> Path | UPath:
+        records = (self._records_option
+                   or self._config["parameters"].get(RECORDS_PARAMETER) or RECORD_DIR)
+        return storage.data_path(records)
+
+    @property
+    def path(self) -> Path | UPath:
+        return self.folder / FILE
+
+    @functools.cached_property
+    def files(self) -> FileHashes:
+        return FileHashes(self.folder / "_files.json")
 
     def digest(self) -> str:
         if self._digest is None:
-            with KedroSession.create(env=self.options.get("env"),
-                                     conf_source=self.options.get("conf_source"),
-                                     runtime_params=self.options.get("params")) as session:
-                context = session.load_context()
-                # Not context.params: Kedro validates those against every pipeline,
-                # which imports them.
-                parameters = context.config_loader["parameters"]
-                catalog = context.config_loader["catalog"]
-                conf = Path(context.config_loader.conf_source)
+            config = self._config
+            parameters = config["parameters"]
             self._digest = digest(
-                dict(self.options), context.env, parameters, catalog,
-                _tree(conf, self.files), _tree(PACKAGE_DIR, self.files, "*.py"),
-                [self.files.folder(Path(f)) for f in sorted(set(folders_named(parameters)))])
+                dict(self.options), config["env"], parameters, config["catalog"],
+                _tree(config["conf"], self.files), _tree(PACKAGE_DIR, self.files, "*.py"),
+                [self.files.folder(f) for f in sorted(set(folders_named(parameters)))])
             self.files.save()
         return self._digest
 
     def _records(self) -> list[str]:
-        return sorted(str(p) for p in self.path.parent.glob("*.json")
-                      if not p.name.startswith("_"))
+        return [str(self.folder / name) for name in storage.listdir(self.folder)
+                if name.endswith(".json") and not name.startswith("_")]
 
     def unchanged(self) -> bool:
         """True when the last complete run was this command, with every node up to date,
@@ -102,7 +126,7 @@ class QuickCheck:
 
     def save(self) -> None:
         """After a run: kept only if the runner found every node up to date at its end."""
-        last = self.path.parent / "_last_run.json"
+        last = self.folder / "_last_run.json"
         run = json.loads(last.read_text()) if last.exists() else {}
         if not run.get("up_to_date"):
             return
@@ -116,7 +140,7 @@ class QuickCheck:
         """The log line, summary and ``_last_run.json`` of a run that did nothing."""
         saved = json.loads(self.path.read_text())
         nodes = saved["nodes"]
-        with atomic_path(self.path.parent / "_last_run.json") as staging:
+        with atomic_path(self.folder / "_last_run.json") as staging:
             staging.write_text(json.dumps({"ran": [], "seconds": {}, "reused": nodes,
                                            "quick": True}, indent=1))
         logger.info("Nothing to run: all %d nodes are up to date (the same command as the "

@@ -15,7 +15,7 @@ from pathlib import Path
 from kedro.runner import SequentialRunner
 from kedro.runner.task import Task
 
-from clip_lora_pipeline.fingerprints import RECORD_DIR, Ledger
+from clip_lora_pipeline.fingerprints import Ledger, records_folder
 
 RECOMPUTE_ENV = "CLIP_LORA_RECOMPUTE"
 
@@ -26,10 +26,10 @@ def truthy(value: object) -> bool:
 
 class FingerprintRunner(SequentialRunner):
     def __init__(self, is_async: bool = False, recompute: bool | str = False,
-                 records: str | Path = RECORD_DIR):
+                 records: str | Path | None = None):
         super().__init__(is_async=is_async)
         self.recompute = truthy(recompute) or truthy(os.environ.get(RECOMPUTE_ENV, ""))
-        self.records = Path(records)
+        self.records = records  # None: the run's parameter fingerprint_records
 
     def _run(self, pipeline, catalog, hook_manager=None, run_id=None) -> None:
         nodes = pipeline.nodes
@@ -37,7 +37,8 @@ class FingerprintRunner(SequentialRunner):
         self._validate_nodes(nodes)
         self._set_manager_datasets(catalog)
         load_counts = Counter(chain.from_iterable(n.inputs for n in nodes))
-        ledger, reused, done, seconds = Ledger(catalog, self.records), [], [], {}
+        ledger = Ledger(catalog, self.records or records_folder(catalog))
+        reused, done, seconds = [], [], {}
         for position, node in enumerate(nodes, 1):
             why = (["a full recompute was asked for"] if self.recompute
                    else ledger.reasons(node, ledger.fingerprint(node)))

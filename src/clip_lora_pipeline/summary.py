@@ -13,8 +13,10 @@ from pathlib import Path
 
 import click
 from kedro.framework.hooks import hook_impl
+from upath import UPath
 
 from clip_lora_pipeline import logs
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.durations import duration
 
 # The file names of conf/base/catalog.yml's "{cell}.comparison_table__{datasets}" and
@@ -24,11 +26,12 @@ REPORT = re.compile(r"report_(?!section\.html$).+\.html")
 MOST = 6  # lines of best methods and reports; a sweep has a comparison per cell
 
 
-def best_methods(comparison: Path) -> list[str]:
+def best_methods(comparison: Path | UPath) -> list[str]:
     """One line per dataset of a comparison table: its best method by top-1."""
     import pandas as pd
 
-    table = pd.read_parquet(comparison)
+    with storage.open_for_read(comparison) as handle:  # fsspec's settings, not pyarrow's
+        table = pd.read_parquet(handle)
     cell = comparison.parent.name  # data/08_reporting/<model>/<cell>/comparison_*.parquet
     lines = []
     for dataset, rows in table.groupby("dataset", sort=False):
@@ -41,7 +44,9 @@ def best_methods(comparison: Path) -> list[str]:
     return lines
 
 
-def link(path: Path, terminal: bool) -> str:
+def link(path: Path | UPath, terminal: bool) -> str:
+    if storage.is_remote(path):
+        return str(path)
     if terminal:
         return path.resolve().as_uri()
     return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
@@ -49,7 +54,7 @@ def link(path: Path, terminal: bool) -> str:
 
 def summary_lines(ran: int, total: int, seconds: float, paths: Iterable[str | Path],
                   terminal: bool) -> list[str]:
-    paths = [Path(p) for p in paths if Path(p).is_file()]
+    paths = [storage.data_path(p) for p in paths if storage.is_file(p)]
     lines = [f"Run complete in {duration(seconds)}: {ran} of {total} nodes ran, "
              f"{total - ran} reused (up to date)."]
     best = [line for p in paths if COMPARISON.fullmatch(p.name) for line in best_methods(p)]
@@ -92,7 +97,6 @@ class RunSummary:
                                     sys.stdout.isatty()))
 
 
-def _filepath(catalog, name: str) -> Path | None:
+def _filepath(catalog, name: str) -> str | None:
     dataset = catalog.get(name, fallback_to_runtime_pattern=True)
-    filepath = getattr(dataset, "_describe", dict)().get("filepath")
-    return Path(filepath) if filepath else None
+    return storage.described_location(getattr(dataset, "_describe", dict)())

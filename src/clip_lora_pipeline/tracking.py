@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.registry import Registry, file_sha256, registered_name
 
 logger = logging.getLogger(__name__)
@@ -57,30 +57,33 @@ class MlflowTracking:
         if leaf.endswith("_metrics") and isinstance(data, dict):
             mlflow.log_metrics({f"{dataset_name}.{key}": float(value)
                                 for key, value in data.items() if _number(value)})
-        elif leaf.startswith("report__") and (path := self._path(dataset_name)):
-            mlflow.log_artifact(str(path), "reports")
+        elif leaf.startswith("report__") and (location := self._path(dataset_name)):
+            with storage.local_copy(location) as path:  # MLflow logs local files
+                mlflow.log_artifact(str(path), "reports")
         elif (found := _TRAINED.fullmatch(dataset_name)) and not leaf.endswith("merged_model"):
             self._register(dataset_name, found, node)
 
     def _register(self, dataset_name: str, found: re.Match, node) -> None:
-        path = self._path(dataset_name)
-        if path is None:
+        location = self._path(dataset_name)
+        if location is None:
             return
         method = found["adapted"] or found["feature"]
         inputs = {f"input.{name}.sha256": file_sha256(p) for name in node.inputs
                   if not name.startswith("params:") and (p := self._path(name))}
-        version = Registry(registered_name(found["dataset"], method)).register(
-            path, {"dataset": found["dataset"], "method": method, "cell": found["cell"],
-                   "node": node.name, **inputs})
+        with storage.local_copy(location) as path:
+            version = Registry(registered_name(found["dataset"], method)).register(
+                path, {"dataset": found["dataset"], "method": method, "cell": found["cell"],
+                       "node": node.name, **inputs})
         logger.info("Registered %s as %s version %d", dataset_name, version.name,
                     version.version)
 
-    def _path(self, name: str) -> Path | None:
+    def _path(self, name: str) -> str | None:
+        """Where the dataset's file is (on any filesystem), if it is there."""
         if self._catalog is None:
             return None
         dataset = self._catalog.get(name, fallback_to_runtime_pattern=True)
-        filepath = getattr(dataset, "_describe", dict)().get("filepath")
-        return Path(filepath) if filepath and Path(filepath).is_file() else None
+        location = storage.described_location(getattr(dataset, "_describe", dict)())
+        return location if location and storage.is_file(location) else None
 
 
 def _number(value: Any) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import model_slug
@@ -45,7 +46,7 @@ def adapter_logits(adapter: dict[str, Any], test: pd.DataFrame, root: str | Path
     images this adapter (same tensors, same preprocessing and precision) has scored."""
     adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
     settings = RuntimeSettings.from_params(runtime)
-    paths = [str(Path(root) / p) for p in test["path"]]
+    paths = [storage.join(root, p) for p in test["path"]]
     workers = resolve_num_workers(settings.num_workers, adapted.device)
 
     def predict(rows: np.ndarray) -> np.ndarray:

@@ -1,10 +1,11 @@
 """A training run's checkpoint store: the trainable tensors only (``AdaptedClip.state``),
 the best validated ones, the optimizer, scheduler, scaler and RNG state, where the run
 stands, and the settings it was made with; written atomically (``core.atomic``), so an
-interrupted write never looks complete."""
+interrupted write never looks complete, on any filesystem (``core.storage``)."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
+from upath import UPath
 
-from clip_lora_pipeline.core.atomic import atomic_dir, settled_dir
+from clip_lora_pipeline.core import storage
+from clip_lora_pipeline.core.atomic import atomic_dir, current_dir, settled_dir
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -72,14 +75,14 @@ class Checkpoint:
 class CheckpointStore:
     """The last checkpoint of one run, in ``folder``."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path | UPath | str):
+        self.folder = storage.data_path(folder)
 
     def exists(self) -> bool:
         return settled_dir(self.folder)
 
     def settings(self) -> dict[str, Any]:
-        return json.loads((self.folder / "settings.json").read_text())
+        return json.loads((current_dir(self.folder) / "settings.json").read_text())
 
     def save(self, checkpoint: Checkpoint, settings: dict[str, Any]) -> None:
         with atomic_dir(self.folder) as staging:
@@ -91,7 +94,13 @@ class CheckpointStore:
     def load(self) -> Checkpoint:
         # map_location: a checkpoint written on a GPU resumes on a CPU-only machine; the
         # optimiser moves its state to the parameters' device when it loads it.
-        return Checkpoint(load_file(str(self.folder / "trainable.safetensors")),
-                          load_file(str(self.folder / "best.safetensors")),
-                          torch.load(self.folder / "state.pt", weights_only=True,
-                                     map_location="cpu"))
+        folder = current_dir(self.folder)
+        state = io.BytesIO(storage.read_bytes(folder / "state.pt"))
+        return Checkpoint(_tensors(folder / "trainable.safetensors"),
+                          _tensors(folder / "best.safetensors"),
+                          torch.load(state, weights_only=True, map_location="cpu"))
+
+
+def _tensors(path: Path | UPath) -> dict[str, torch.Tensor]:
+    # safetensors maps a local file; a remote one is read whole
+    return load(storage.read_bytes(path)) if storage.is_remote(path) else load_file(str(path))

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.sources import Source, SourceError, get_source
 
 PROTOCOLS = ("coop", "official")
@@ -47,7 +50,7 @@ class DatasetSettings:
 
     name: str
     source: str
-    root: Path
+    root: Path | UPath
     options: dict[str, Any] = field(hash=False)
     protocol: str
     split_file: Path | None
@@ -66,6 +69,13 @@ class DatasetSettings:
             raise DatasetSettingsError(
                 f"{where}.protocol: source '{self.source}' is not one of CoOp's datasets, so "
                 "it has no CoOp split. Use protocol: official, or give split_file."
+            )
+        if storage.is_remote(self.root) and not source.any_filesystem:
+            raise DatasetSettingsError(
+                f"{where}.root is {self.root}, not a local folder; source '{self.source}' "
+                "downloads and unpacks its archives and reads them by local path, so its "
+                f"root must be local (e.g. root: data/01_raw/{self.name}). Sources that "
+                "read any filesystem (s3://, gs://, abfs://): image_folder, synthetic."
             )
         if not isinstance(self.allow_repeats, bool):
             raise DatasetSettingsError(
@@ -100,14 +110,14 @@ class DatasetSettings:
         return cls(
             name=name,
             source=params["source"],
-            root=Path(params["root"]),
+            root=storage.data_path(params["root"]),
             options=dict(options) if isinstance(options, dict) else options or {},
             protocol=params.get("protocol") or ("coop" if benchmark else "official"),
             split_file=Path(split_file) if split_file else None,
             allow_repeats=benchmark if allow_repeats is None else allow_repeats,
         )
 
-    def split_file_path(self) -> Path | None:
+    def split_file_path(self) -> Path | UPath | None:
         """The split file the manifest comes from: ``split_file`` (relative to the root),
         else CoOp's under protocol coop where CoOp has one, else None (the source's
         own lists)."""

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.methods.base import linear_logits, zero_shot_head
 from clip_lora_pipeline.core.runtime import (
@@ -37,7 +38,7 @@ class ManifestImages(Dataset):
     (-1 for a table of unlabelled images, which has no ``label`` column)."""
 
     def __init__(self, manifest: pd.DataFrame, root: str | Path, transform: Callable):
-        self.paths = [str(Path(root) / p) for p in manifest["path"]]
+        self.paths = [storage.join(root, p) for p in manifest["path"]]
         if "label" in manifest:
             self.labels = manifest["label"].to_numpy(dtype=np.int64)
         else:

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
+from upath import UPath
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.errors import SettingsError, UserError
 from clip_lora_pipeline.core.runtime import usable_cpus
 from clip_lora_pipeline.core.validation_store import ValidationStore, content_hashes
@@ -37,9 +39,10 @@ class BadImagesError(UserError, ValueError):
         self.rejected = rejected
 
 
-def image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path | UPath) -> list[Path | UPath]:
     """Every visible file under ``folder``, searched recursively, sorted by its path
-    relative to ``folder`` (as a POSIX string).
+    relative to ``folder`` (as a POSIX string). ``folder`` may be on any filesystem
+    (``core.storage``); elsewhere than locally there are no links or devices.
 
     Images or not: validation then rejects the non-images and says why, instead of an
     extension filter dropping them unseen. Files and folders whose name starts with '.'
@@ -47,6 +50,10 @@ def image_files(folder: Path) -> list[Path]:
     Broken links are listed (validation rejects them as "file not found"); FIFOs,
     devices and sockets, or links to them, never are: reading one would block.
     """
+    if storage.is_remote(folder):
+        root = storage.data_path(folder)
+        return [p for p in storage.files_under(root)
+                if not any(part.startswith(".") for part in p.relative_to(root).parts)]
     found = []
     for current, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -113,9 +120,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode ``path`` as an RGB image."""
-    with Image.open(path) as image:
+def load_rgb(path: str | os.PathLike | UPath) -> Image.Image:
+    """Open and fully decode ``path`` (on any filesystem) as an RGB image."""
+    with storage.open_for_read(path) as file, Image.open(file) as image:
         image.load()
         return to_rgb(image)
 
@@ -129,10 +136,10 @@ _SIGNATURES = {
 }
 
 
-def sniff_format(path: Path) -> str | None:
+def sniff_format(path: Path | UPath) -> str | None:
     """The image format ``path``'s first bytes announce, or None."""
     try:
-        with open(path, "rb") as file:
+        with storage.open_for_read(path) as file:
             head = file.read(12)
     except OSError:  # gone or unreadable since PIL opened it: no signature to go by
         return None
@@ -141,7 +148,7 @@ def sniff_format(path: Path) -> str | None:
     return next((name for sig, name in _SIGNATURES.items() if head.startswith(sig)), None)
 
 
-def _unidentified_reason(path: Path) -> str:
+def _unidentified_reason(path: Path | UPath) -> str:
     fmt = sniff_format(path)
     if fmt is None:
         return "not an image file (unrecognised format)"
@@ -156,12 +163,12 @@ class ImageCheck:
     reason: str | None
 
 
-def check_image(path: Path) -> ImageCheck:
+def check_image(path: Path | UPath) -> ImageCheck:
     """Decode ``path`` once; on failure say why, in words a user can act on."""
     try:
         if path.stat().st_size == 0:
             return ImageCheck(None, None, None, "empty file (0 bytes)")
-        with Image.open(path) as image:
+        with storage.open_for_read(path) as file, Image.open(file) as image:
             mode = image.mode
             image.load()
             width, height = to_rgb(image).size

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from upath import UPath
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.embed import (
     classifier_logits,
@@ -110,9 +112,10 @@ def _check_top_k(top_k: Any) -> None:
 
 
 # Finding the images --------------------------------------------------------------------
-def image_root(input_path: str | os.PathLike) -> Path:
-    """The folder image paths are relative to: the input folder, or the file's folder."""
-    path = Path(input_path)
+def image_root(input_path: str | os.PathLike) -> Path | UPath:
+    """The folder image paths are relative to: the input folder, or the file's folder
+    (on any filesystem, ``core.storage``)."""
+    path = storage.data_path(input_path)
     if not path.exists():
         raise SettingsError(
             f"predict.input {str(input_path)!r} does not exist (resolved to {path.resolve()}). "
@@ -123,7 +126,7 @@ def image_root(input_path: str | os.PathLike) -> Path:
 
 def find_images(
     input_path: str | os.PathLike, num_workers: int | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+) -> tuple[pd.DataFrame, pd.DataFrame, Path | UPath]:
     """The readable images under ``input_path`` and the files that are not.
 
     ``input_path`` is a folder (searched recursively; files and folders whose name
@@ -132,7 +135,8 @@ def find_images(
     ``rejected`` (path, reason), both sorted by path, and ``root``.
     """
     root = image_root(input_path)
-    files = image_files(root) if Path(input_path).is_dir() else [Path(input_path)]
+    path = storage.data_path(input_path)
+    files = image_files(root) if path.is_dir() else [path]
     checks = check_images(files, num_workers)
     relative = pd.Series([p.relative_to(root).as_posix() for p in files], dtype="string")
     reasons = pd.Series([c.reason for c in checks], dtype="string")
@@ -223,7 +227,7 @@ def logits_from_adapter(
     if not len(images):
         return np.empty((0, len(classes)), dtype=np.float32), classes
     adapted = AdaptedClip.from_artifact(adapter, model_params, runtime)
-    paths = [str(Path(root) / p) for p in images["path"]]
+    paths = [storage.join(root, p) for p in images["path"]]
     settings = RuntimeSettings.from_params(runtime)
     logits = adapted.predict(paths, adapted.preprocess, settings.batch_size,
                              resolve_num_workers(settings.num_workers, adapted.device))

@@ -20,6 +20,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -37,7 +38,7 @@ def registered_name(dataset: str, method: str) -> str:
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open_for_read(path) as handle:  # a catalog file on any filesystem
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.manifest import SPLITS, make_manifest
 
@@ -136,10 +137,10 @@ def read_split_file(path: Path, root: Path, image_dir: str = "", layout: str = "
     ``image_dir`` is where the file's paths start, relative to ``root``; manifest paths
     are relative to ``root``. ``layout`` is shown when listed files are missing.
     """
-    path = Path(path)
+    path = storage.data_path(path)
     rows = _rows(path, _load(path))
     names = _class_names(path, rows)
-    _check_paths(path, Path(root), image_dir, [rel for _, rel, _, _ in rows], layout)
+    _check_paths(path, storage.data_path(root), image_dir, [rel for _, rel, _, _ in rows], layout)
     prefix = PurePosixPath(image_dir) if image_dir else PurePosixPath()
     return make_manifest(
         [(prefix / rel).as_posix() for _, rel, _, _ in rows],

@@ -12,9 +12,10 @@ probability about n^2 / 2^129 (1e-23 for 100 million images); a deliberate colli
 would take 2^64 SHA-256 work and an attacker who supplies both images of a dataset.
 
 Shards are immutable safetensors files (``keys`` uint8 n x 16, ``embeddings`` float32
-n x d), each written to a hidden staging name and renamed into place (``core.atomic``):
-a reader never sees a half-written one, and a killed encoding loses only the shard it
-was filling. Reading back 10,000 x 512 rows (warm page cache, 2 cores) took 1.6 ms from
+n x d), each written to a hidden staging name and renamed into place, or put as one
+object on an object store (``core.atomic``): a reader never sees a half-written one, and
+a killed encoding loses only the shard it was filling. Shards are found by listing the
+folder's names (``core.storage.listdir``), which on an object store is a prefix listing. Reading back 10,000 x 512 rows (warm page cache, 2 cores) took 1.6 ms from
 safetensors, 35 ms from uncompressed parquet, 37 ms snappy, 52 ms zstd.
 """
 
@@ -33,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import load, save_file
+from upath import UPath
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.atomic import atomic_path
 from clip_lora_pipeline.core.runtime import usable_cpus
 
@@ -46,16 +49,16 @@ SHARD_ROWS = 2048
 _SHARD = re.compile(r"[0-9a-f]+-\d+-[0-9a-f]+\.safetensors")
 
 
-def file_hash(path: str | Path, block: int = 1 << 20) -> str:
+def file_hash(path: str | Path | UPath, block: int = 1 << 20) -> str:
     """The first 32 hex digits of the SHA-256 of the file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open_for_read(path) as handle:
         while chunk := handle.read(block):
             digest.update(chunk)  # releases the GIL: files hash in parallel threads
     return digest.hexdigest()[:2 * KEY_BYTES]
 
 
-def file_hashes(paths: Sequence[str | Path], threads: int | None = None) -> list[str]:
+def file_hashes(paths: Sequence[str | Path | UPath], threads: int | None = None) -> list[str]:
     """``file_hash`` of each path, in order, read by a pool of threads."""
     with ThreadPoolExecutor(max_workers=threads or min(8, 2 * usable_cpus())) as pool:
         return list(pool.map(file_hash, paths, chunksize=64))
@@ -76,12 +79,10 @@ def encoding_description(preprocess, dtype, device_type: str) -> str:
                        "version": ENCODING_VERSION}, sort_keys=True)
 
 
-def complete_shards(folder: Path, pattern: re.Pattern) -> list[Path]:
+def complete_shards(folder: Path | UPath, pattern: re.Pattern) -> list[Path | UPath]:
     """The shard files of ``folder``, sorted: staging files are hidden and never match
     ``pattern``."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
+    return [folder / name for name in storage.listdir(folder) if pattern.fullmatch(name)]
 
 
 def _keys(hashes: Sequence[str]) -> np.ndarray:
@@ -94,20 +95,23 @@ class EmbeddingStore:
 
     def __init__(self, root: str | Path, namespace: str, description: str | None = None,
                  shard_rows: int = SHARD_ROWS):
-        self.folder = Path(root) / namespace
+        self.folder = storage.data_path(root) / namespace
         self.shard_rows = shard_rows
         if description is not None and not (self.folder / "namespace.json").exists():
             with atomic_path(self.folder / "namespace.json") as staging:
                 staging.write_text(description + "\n")
 
-    def shards(self) -> list[Path]:
+    def shards(self) -> list[Path | UPath]:
         return complete_shards(self.folder, _SHARD)
 
     def __len__(self) -> int:
         """Rows stored (a row in two shards, after parallel writers, counts twice)."""
         return sum(len(self._read(p, embeddings=False)[0]) for p in self.shards())
 
-    def _read(self, path: Path, embeddings: bool = True):
+    def _read(self, path: Path | UPath, embeddings: bool = True):
+        if storage.is_remote(path):  # one GET of the whole shard: no partial reads there
+            shard = load(storage.read_bytes(path))
+            return shard["keys"].view(f"S{KEY_BYTES}").ravel(), shard["embeddings"]
         with safe_open(str(path), framework="numpy") as shard:
             keys = shard.get_tensor("keys").view(f"S{KEY_BYTES}").ravel()
             return keys, shard.get_tensor("embeddings") if embeddings else None
@@ -130,12 +134,13 @@ class EmbeddingStore:
         rows: np.ndarray | None = None
         for path in self.shards() if len(unique) else []:
             try:
-                keys, _ = self._read(path, embeddings=False)
+                keys, embeddings = self._read(path, embeddings=False)
                 at = np.minimum(np.searchsorted(unique, keys), len(unique) - 1)
                 hit = unique[at] == keys
                 if not hit.any():
                     continue
-                _, embeddings = self._read(path)
+                if embeddings is None:  # a local shard: its rows are read only on a hit
+                    _, embeddings = self._read(path)
             except FileNotFoundError:
                 if missing_ok:
                     continue
@@ -149,7 +154,7 @@ class EmbeddingStore:
             found[at[hit]] = True
         return found[inverse], None if rows is None else rows[inverse]
 
-    def add(self, hashes: Sequence[str], embeddings: np.ndarray) -> list[Path]:
+    def add(self, hashes: Sequence[str], embeddings: np.ndarray) -> list[Path | UPath]:
         """Store rows (duplicate hashes once), in new shards of ``shard_rows`` at most."""
         keys, first = np.unique(_keys(hashes), return_index=True)
         embeddings = np.ascontiguousarray(np.asarray(embeddings, np.float32)[first])
@@ -158,7 +163,7 @@ class EmbeddingStore:
         self.compact()
         return written
 
-    def _write(self, keys: np.ndarray, embeddings: np.ndarray) -> Path:
+    def _write(self, keys: np.ndarray, embeddings: np.ndarray) -> Path | UPath:
         # Time first: shards list in the order they were written. Pid and a random
         # part: writers in parallel never take one another's name.
         name = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"

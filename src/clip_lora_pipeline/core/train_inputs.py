@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.augment import Augmentation
 from clip_lora_pipeline.core.batches import EpochBatches
@@ -66,7 +67,7 @@ def fits_cache(paths: Sequence[str], image_size: int, budget_mb: int) -> bool:
         return False
     sizes = []
     for path in paths:
-        with Image.open(path) as image:
+        with storage.open_for_read(path) as file, Image.open(file) as image:
             sizes.append(image.size)
     need = cache_bytes(sizes, image_size)
     if need > budget_mb * 2**20:

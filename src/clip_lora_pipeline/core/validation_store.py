@@ -10,8 +10,8 @@ plugin can make a file readable) and ``Image.MAX_IMAGE_PIXELS`` (the decompressi
 limit), so results of other checks never mix.
 
 Keys are ``core.store.file_hash`` (128 bits of SHA-256). Shards are immutable parquet
-files written to a hidden staging name and renamed into place (``core.atomic``), as the
-embedding store's are: a reader never sees a half-written one, writers in parallel never
+files written to a hidden staging name and renamed into place, or put as one object on
+an object store (``core.atomic``), as the embedding store's are: a reader never sees a half-written one, writers in parallel never
 take one another's name, and a compaction writes the merged shard before it removes
 the small ones.
 """
@@ -35,7 +35,9 @@ import PIL
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from upath import UPath
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.atomic import atomic_path
 from clip_lora_pipeline.core.runtime import usable_cpus
 from clip_lora_pipeline.core.store import complete_shards, file_hash
@@ -60,17 +62,24 @@ def checks_description() -> str:
                        "max_image_pixels": Image.MAX_IMAGE_PIXELS}, sort_keys=True)
 
 
-def _hash_or_none(path: Path) -> str | None:
+def _hash_or_none(path: Path | UPath) -> str | None:
     try:
         return file_hash(path)
     except OSError:  # missing, a broken link, unreadable: checked afresh, never stored
         return None
 
 
-def content_hashes(paths: Sequence[Path], threads: int | None = None) -> list[str | None]:
+def content_hashes(paths: Sequence[Path | UPath], threads: int | None = None) -> list[str | None]:
     """``file_hash`` of each path, in order (None where the file cannot be read)."""
     with ThreadPoolExecutor(max_workers=threads or min(8, 2 * usable_cpus())) as pool:
         return list(pool.map(_hash_or_none, paths, chunksize=64))
+
+
+def _read_shard(path: Path | UPath) -> pd.DataFrame:
+    # Through fsspec: given an s3:// URL, pandas would use pyarrow's own S3 client, which
+    # knows nothing of fsspec's settings (endpoint, credentials).
+    with storage.open_for_read(path) as handle:
+        return pd.read_parquet(handle)
 
 
 class ValidationStore:
@@ -80,13 +89,13 @@ class ValidationStore:
     def __init__(self, root: str | Path, description: str | None = None,
                  shard_rows: int = SHARD_ROWS):
         description = description or checks_description()
-        self.folder = Path(root) / hashlib.sha256(description.encode()).hexdigest()[:12]
+        self.folder = storage.data_path(root) / hashlib.sha256(description.encode()).hexdigest()[:12]
         self.shard_rows = shard_rows
         if not (self.folder / "checks.json").exists():
             with atomic_path(self.folder / "checks.json") as staging:
                 staging.write_text(description + "\n")
 
-    def shards(self) -> list[Path]:
+    def shards(self) -> list[Path | UPath]:
         return complete_shards(self.folder, _SHARD)
 
     def lookup(self, hashes: Sequence[str | None]) -> list[Record | None]:
@@ -104,7 +113,7 @@ class ValidationStore:
         parts = []
         for path in self.shards() if wanted else []:
             try:
-                shard = pd.read_parquet(path)
+                shard = _read_shard(path)
             except FileNotFoundError:
                 if missing_ok:
                     continue
@@ -120,7 +129,7 @@ class ValidationStore:
         found = table.to_dict("index")
         return [found.get(h) if h is not None else None for h in hashes]
 
-    def add(self, hashes: Sequence[str], records: Sequence[Record]) -> list[Path]:
+    def add(self, hashes: Sequence[str], records: Sequence[Record]) -> list[Path | UPath]:
         """Store records (a hash twice: its first record), in shards of ``shard_rows``
         rows at most."""
         table = pd.DataFrame([{**r, "key": h} for h, r in zip(hashes, records)],
@@ -131,7 +140,7 @@ class ValidationStore:
         self.compact()
         return written
 
-    def _write(self, table: pd.DataFrame) -> Path:
+    def _write(self, table: pd.DataFrame) -> Path | UPath:
         # Time first: shards list in the order they were written. Pid and a random
         # part: writers in parallel never take one another's name.
         name = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
@@ -147,7 +156,9 @@ class ValidationStore:
         small = []
         for path in self.shards():
             try:
-                if pq.read_metadata(path).num_rows < self.shard_rows:
+                with storage.open_for_read(path) as handle:
+                    rows = pq.read_metadata(handle).num_rows
+                if rows < self.shard_rows:
                     small.append(path)
             except (OSError, pa.ArrowException):
                 continue  # removed by another compaction, or unreadable: left alone
@@ -156,7 +167,7 @@ class ValidationStore:
         parts = []
         for path in small:
             try:
-                parts.append(pd.read_parquet(path))
+                parts.append(_read_shard(path))
             except FileNotFoundError:  # another process merged it meanwhile
                 continue
         if not parts:

@@ -25,7 +25,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from clip_lora_pipeline.core import settings
+from clip_lora_pipeline.core import settings, storage
 from clip_lora_pipeline.core.augment import crop_params, sample_seed
 from clip_lora_pipeline.core.embed import BatchToTensorNormalize
 from clip_lora_pipeline.core.errors import UserError
@@ -140,7 +140,7 @@ def encode_views(
         raise ViewsError("cannot encode views of an empty manifest")
     size, normalize = _preprocess_spec(preprocess)
     to_batch = BatchToTensorNormalize(normalize)
-    paths = [str(Path(root) / p) for p in manifest["path"]]
+    paths = [storage.join(root, p) for p in manifest["path"]]
     if device.type == "cpu":
         tune_cpu_allocator()
     # Whole images per chunk, so each is decoded once; at least one image.

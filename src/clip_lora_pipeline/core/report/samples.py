@@ -13,7 +13,9 @@ from html import escape
 from pathlib import Path
 
 import pandas as pd
+from upath import UPath
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.report.figures import CORRECT_COLOUR, WRONG_COLOUR
 
@@ -31,14 +33,14 @@ CAPTION_STYLE = "font-size:12px;line-height:1.35;color:{colour};overflow-wrap:an
 def jpeg_thumbnail(path: str | Path, size: int = THUMBNAIL_PX, quality: int = JPEG_QUALITY
                    ) -> bytes:
     """The image at ``path`` as RGB JPEG bytes, its longest side at most ``size``."""
-    image = load_rgb(Path(path))
+    image = load_rgb(path)
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
 
 
-def _thumbnail_cell(row: pd.Series, image_root: Path, size: int) -> str:
+def _thumbnail_cell(row: pd.Series, image_root: Path | UPath, size: int) -> str:
     correct = bool(row["correct"])
     colour = CORRECT_COLOUR if correct else WRONG_COLOUR
     true_class, predicted = escape(str(row["true_class"])), escape(str(row["predicted_class"]))
@@ -62,7 +64,7 @@ def prediction_grid_html(samples: pd.DataFrame, image_root: str | Path, title: s
                          size: int = THUMBNAIL_PX) -> str:
     """An HTML fragment: one captioned JPEG thumbnail per row of ``samples`` (columns
     path, true_class, predicted_class, confidence, correct), errors framed in red."""
-    cells = "".join(_thumbnail_cell(row, Path(image_root), size) for _, row in samples.iterrows())
+    cells = "".join(_thumbnail_cell(row, storage.data_path(image_root), size) for _, row in samples.iterrows())
     return (f'<figure class="prediction-grid" style="margin:0">'
             f'<div style="{GRID_STYLE}">{cells}</div>'
             f"<figcaption>{escape(title)}</figcaption></figure>")

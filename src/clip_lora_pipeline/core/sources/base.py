@@ -34,10 +34,15 @@ class Source(ABC):
     ``coop_split`` to CoOp's split file where CoOp uses one (None where CoOp reads the
     official lists, as ``index`` does). ``image_dir`` is the folder, relative to the
     root, that a split file's paths start from.
+
+    ``any_filesystem``: the source lists and reads its root through ``core.storage``, so
+    the root may be on an object store (``s3://...``); the others download and unpack
+    archives and read the publisher's lists with local-only libraries.
     """
 
     name: ClassVar[str]
     layout: ClassVar[str] = ""
+    any_filesystem: ClassVar[bool] = False
     coop_protocol: ClassVar[bool] = False
     coop_split: ClassVar[RemoteFile | None] = None
     image_dir: ClassVar[str] = ""

@@ -61,6 +61,7 @@ def _warn_clutter(root: Path, folders: list[str]) -> None:
 
 class ImageFolder(Source):
     name = "image_folder"
+    any_filesystem = True  # listed through pathlib's API, which UPath gives any filesystem
     layout = (
         "  <class name>/<image files>                     (no split: a stratified split is made)\n"
         "  or train/<class name>/..., test/<class name>/..., optionally val/<class name>/..."

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+from upath import UPath
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.sources.base import Source, SourceError
 from clip_lora_pipeline.core.sources.image_folder import ImageFolder
 
@@ -125,8 +127,20 @@ def folder_name(class_name: str) -> str:
     return class_name.replace(" ", "_")
 
 
+def _generate(folder: Path, spec: dict) -> None:
+    """The images of ``spec`` (``Synthetic._spec``) and its settings file, in ``folder``."""
+    for class_name in list(CLASSES)[:spec["num_classes"]]:
+        class_folder = folder / folder_name(class_name)
+        class_folder.mkdir()
+        for i in range(spec["images_per_class"]):
+            image = render(class_name, i, spec["image_size"], spec["seed"])
+            image.save(class_folder / f"{folder_name(class_name)}_{i:04d}.png")
+    (folder / _SPEC_FILE).write_text(json.dumps(spec, indent=1))
+
+
 class Synthetic(Source):
     name = "synthetic"
+    any_filesystem = True
     layout = "  <class_name>/<class_name>_<nnnn>.png, plus .synthetic.json (the generator settings)"
 
     @staticmethod
@@ -138,36 +152,40 @@ class Synthetic(Source):
         return {"num_classes": num_classes, "images_per_class": images_per_class,
                 "image_size": image_size, "seed": seed}
 
-    def is_prepared(self, root: Path, num_classes: int = 6, images_per_class: int = 40,
+    def is_prepared(self, root: Path | UPath, num_classes: int = 6, images_per_class: int = 40,
                     image_size: int = 64, seed: int = 0) -> bool:
         spec_file = root / _SPEC_FILE
         spec = self._spec(num_classes, images_per_class, image_size, seed)
         return spec_file.exists() and json.loads(spec_file.read_text()) == spec
 
-    def prepare(self, root: Path, timeout: float = 30.0, num_classes: int = 6,
+    def prepare(self, root: Path | UPath, timeout: float = 30.0, num_classes: int = 6,
                 images_per_class: int = 40, image_size: int = 64, seed: int = 0) -> None:
-        """Generate the images, replacing the folder atomically when the settings change."""
+        """Generate the images, replacing the folder atomically when the settings change.
+        On an object store, where folders do not rename, the images are put one by one
+        and the settings file, which ``is_prepared`` reads, last."""
         if self.is_prepared(root, num_classes, images_per_class, image_size, seed):
             return
         spec = self._spec(num_classes, images_per_class, image_size, seed)
+        if storage.is_remote(root):
+            with tempfile.TemporaryDirectory(prefix="clip-lora-") as staging:
+                _generate(Path(staging), spec)
+                storage.remove_tree(root)
+                for file in sorted(Path(staging).rglob("*.png")):
+                    storage.upload(file, root / file.relative_to(staging).as_posix())
+                storage.upload(Path(staging) / _SPEC_FILE, root / _SPEC_FILE)
+            return
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
         staging.chmod(0o755)  # mkdtemp makes it owner-only
         try:
-            for class_name in list(CLASSES)[:num_classes]:
-                folder = staging / folder_name(class_name)
-                folder.mkdir()
-                for i in range(images_per_class):
-                    image = render(class_name, i, image_size, seed)
-                    image.save(folder / f"{folder_name(class_name)}_{i:04d}.png")
-            (staging / _SPEC_FILE).write_text(json.dumps(spec, indent=1))
+            _generate(staging, spec)
             if root.exists():
                 shutil.rmtree(root)
             os.replace(staging, root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def index(self, root: Path, num_classes: int = 6, images_per_class: int = 40,
+    def index(self, root: Path | UPath, num_classes: int = 6, images_per_class: int = 40,
               image_size: int = 64, seed: int = 0) -> pd.DataFrame:
         if not self.is_prepared(root, num_classes, images_per_class, image_size, seed):
             raise SourceError(

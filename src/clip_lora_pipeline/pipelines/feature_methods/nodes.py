@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from clip_lora_pipeline.core import views
+from clip_lora_pipeline.core import storage, views
 from clip_lora_pipeline.core.embed import embeddings_matrix
 from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.methods.base import FeatureSet
@@ -81,7 +80,7 @@ def encode_views(
     settings = views.ViewSettings.from_params(settings_params or {})
     loaded = shared_model_for(model_params, runtime)
     array = views.encode_views(
-        loaded.model, train, Path(dataset["root"]), loaded.model.visual.preprocess_cfg,
+        loaded.model, train, storage.data_path(dataset["root"]), loaded.model.visual.preprocess_cfg,
         loaded.device, n_views=settings.n_views, crop_scale=settings.crop_scale, seed=seed,
         dtype=resolve_precision(loaded.device, runtime.get("precision", "auto")),
         batch_size=runtime.get("batch_size", 64))

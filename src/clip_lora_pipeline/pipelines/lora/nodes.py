@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip, load_clip
 from clip_lora_pipeline.core.adapted_eval import score_adapter
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def _paths(frame: pd.DataFrame, dataset: dict[str, Any]) -> list[str]:
-    return [str(Path(dataset["root"]) / p) for p in frame["path"]]
+    return [storage.join(dataset["root"], p) for p in frame["path"]]
 
 
 def train_adapter(
@@ -57,7 +57,7 @@ def train_adapter(
         "precision": str(dtype), "device": loaded.device.type,
         **({"generated": generated.fingerprint()} if generated else {}),
     }, sort_keys=True, default=str)
-    folder = Path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
+    folder = storage.data_path(checkpoint_root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
     train_settings = adapted.settings.train
     try:
         steps = train_settings.total_steps(shots, len(train))

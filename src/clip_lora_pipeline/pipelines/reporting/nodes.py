@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import clip_lora_pipeline
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.model_id import ModelSpec, model_slug
 from clip_lora_pipeline.core.prompts import templates_for
 from clip_lora_pipeline.core.report import figures, html, run_record, samples, tables
@@ -31,7 +32,7 @@ def confusion_report(
 def prediction_grid(predictions: pd.DataFrame, dataset: dict[str, Any], title: str) -> str:
     """A fixed sample of test images as captioned JPEG thumbnails; errors in red."""
     chosen = figures.sample_predictions(predictions)
-    return samples.prediction_grid_html(chosen, Path(dataset["root"]), title)
+    return samples.prediction_grid_html(chosen, storage.data_path(dataset["root"]), title)
 
 
 def training_curves(history: pd.DataFrame, title: str) -> Figure:

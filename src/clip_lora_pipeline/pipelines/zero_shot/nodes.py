@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.embed import (
     classifier_logits,
     embeddings_matrix,
@@ -42,7 +42,7 @@ def _encode(manifest: pd.DataFrame, name: str, dataset: dict[str, Any],
     """The split's embedding table. With a store (``embedding_store``), only images
     whose content it lacks are encoded, and they are added to it shard by shard."""
     loaded = shared_model_for(model_params, runtime)
-    root = Path(dataset["root"])
+    root = storage.data_path(dataset["root"])
     dtype = resolve_precision(loaded.device, runtime.get("precision", "auto"))
     batch_size = runtime.get("batch_size", 64)
     num_workers = runtime.get("num_workers", "auto")
