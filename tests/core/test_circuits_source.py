@@ -133,7 +133,7 @@ def test_configured_with_its_own_split_and_the_papers_prompt():
     settings = DatasetSettings.from_params("circuits", params["dataset_configs"]["circuits"])
     assert (settings.source, settings.protocol, settings.split_file_path()) == (
         "circuits", "official", None)
-    assert settings.root == Path("data/01_raw/low_resource")
+    assert settings.root == Path("${globals:data_root}/01_raw/low_resource")  # under data_root
     assert templates_for("dataset", "circuits") == ["a circuit diagram of {}"]
 
 
