@@ -201,12 +201,24 @@ def test_only_rank_zero_writes_the_checkpoint_and_every_rank_waits(tmp_path, ran
         assert isinstance(rng, list) and len(rng) == 2  # every process's generators
 
 
-def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
-    two = _Pretend(1, 2)
-    loop, scheduler, store = _loop(_Pretend(0, 2), tmp_path)
+class _TwoStreams(_Pretend):
+    """Rank 0 of two, whose rank 1 draws from a generator seeded 123."""
+
+    def gather(self, value):
+        torch.manual_seed(123)
+        return [value, {"torch": torch.get_rng_state()}]
+
+
+def test_each_rank_resumes_its_own_random_stream_and_only_with_as_many_processes(tmp_path):
+    loop, scheduler, store = _loop(_TwoStreams(0, 2), tmp_path)
     loop._checkpoint(store, Progress(best=loop.adapted.state(), step=2), scheduler)
-    loop, scheduler, _ = _loop(two, tmp_path)
-    assert loop._resume(store, scheduler).step == 2  # rank 1 takes its own RNG entry
+    rank_0, rank_1 = store.load().state["rng"]
+    assert not torch.equal(rank_0["torch"], rank_1["torch"])
+    for rank, saved in ((0, rank_0), (1, rank_1)):
+        loop, scheduler, _ = _loop(_Pretend(rank, 2), tmp_path)
+        torch.manual_seed(7)
+        assert loop._resume(store, scheduler).step == 2
+        assert torch.equal(torch.get_rng_state(), saved["torch"])  # its own dropout stream
     loop, scheduler, _ = _loop(Ranks(), tmp_path)
     with pytest.raises(DistributedError, match=r"written by 2 training process\(es\), this "
                                                r"run has 1; resume it with runtime\.devices: 2"):

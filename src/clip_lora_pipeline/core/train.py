@@ -254,8 +254,9 @@ class TrainingLoop:
                    disable=not self.ranks.writer)
         tick = time.perf_counter()
         for step, images, labels, *generated in inputs.steps(run.step, total_steps):
-            size = inputs.batches.size(step)  # the global batch (several processes)
-            loss, correct = self._step(images, labels, *generated, batch_size=size)
+            size = inputs.batches.size(step)  # the global batch, of which labels are a share
+            share = {"batch_size": size} if self.ranks.world > 1 else {}
+            loss, correct = self._step(images, labels, *generated, **share)
             scheduler.step()
             run.step = step + 1
             if (per_step := pace.add(time.perf_counter() - tick)) is not None:
