@@ -19,12 +19,13 @@ elastic launcher: NCCL on GPUs, gloo on a CPU), on a generated dataset
 (|a - b| <= rtol x (max |b| + |b|) per tensor): default 1e-3 on a CPU, 1e-2 on CUDA.
 The two sum the batch's gradients in another order, and AdamW turns the rounding of
 near-zero gradients (LoRA's A of the key projections) into whole steps, so the gap
-grows with the steps: 6.5e-5 after 12 steps on the CPU here; a missing or doubled
-gradient sum gives ~1. On a CPU 3 must match 2 exactly; on CUDA, where kernels may sum
-in another order from run to run, within ``--rtol``. fp32 is the default precision
-here, so that the split of the batch is compared and not bf16's rounding (cuDNN's
-patch-embedding convolution may still use TF32 on CUDA). Speed: each run's training seconds (the summary's, rank 0's; model
-loading and process start-up excluded) and the speed-up of N processes over one.
+grows with the steps: 6.5e-5 after 12 steps on the CPU here, while processes stepping
+on their own shares (no gradient sum) give ~1. On a CPU 3 must match 2 exactly; on
+CUDA, where kernels may sum in another order from run to run, within ``--rtol``. fp32
+is the default precision here, so that the split of the batch is compared and not
+bf16's rounding (cuDNN's patch-embedding convolution may still use TF32 on CUDA).
+Speed: each run's training seconds (the summary's, rank 0's; model loading and process
+start-up excluded, the first steps' warm-up included) and the speed-up of N over one.
 Prints one JSON line; exit code 0 when every check passed.
 """
 

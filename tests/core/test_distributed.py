@@ -223,3 +223,15 @@ def test_each_rank_resumes_its_own_random_stream_and_only_with_as_many_processes
     with pytest.raises(DistributedError, match=r"written by 2 training process\(es\), this "
                                                r"run has 1; resume it with runtime\.devices: 2"):
         loop._resume(store, scheduler)
+
+
+def test_processes_that_resume_from_different_steps_stop():
+    class Apart(_Pretend):
+        def gather(self, value):
+            return [value, 0]  # rank 1 found no checkpoint (a folder it cannot see)
+
+    Apart(0, 2).agree(0, "the step")
+    with pytest.raises(DistributedError, match=r"differ in the step they resume from: "
+                                               r"\[8, 0\]"):
+        Apart(0, 2).agree(8, "the step they resume from")
+

@@ -121,6 +121,12 @@ class Ranks:
                 "start afresh.")
         return gathered[self.rank] if self.world > 1 else gathered
 
+    def agree(self, value: Any, what: str) -> None:
+        """Refuse to go on unless every process has the same ``value``."""
+        values = self.gather(value) if self.world > 1 else [value]
+        if any(v != values[0] for v in values):
+            raise DistributedError(f"the training processes differ in {what}: {values}.")
+
     def total(self, value: float, device: torch.device) -> float:
         """The sum of ``value`` over the processes (e.g. correct counts)."""
         if self.world == 1:

@@ -238,6 +238,8 @@ class TrainingLoop:
             self.optimizer, T_max=total_steps, eta_min=s.min_lr)
         store = CheckpointStore(checkpoint_dir / "last") if checkpoint_dir else None
         run = self._resume(store, scheduler)
+        self.ranks.agree(run.step, "the step they resume from (several machines: is the "
+                         "checkpoint folder on storage that all of them see?)")
         with deterministic_algorithms(runtime.deterministic):
             seconds = self._run(run, inputs, val, scheduler, store, total_steps, quicker)
         self.adapted.eval()
