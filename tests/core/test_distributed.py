@@ -77,6 +77,19 @@ def test_process_count_from_runtime_devices(monkeypatch):
         process_count(8, cuda)
 
 
+def test_the_processes_of_one_machine_share_its_cores_for_loader_workers(monkeypatch):
+    from clip_lora_pipeline.core import runtime
+
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert runtime.resolve_num_workers("auto", cuda) == 8  # one process: as before
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert runtime.resolve_num_workers("auto", cuda) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert runtime.resolve_num_workers("auto", cuda) == 1
+
+
 # Each process's share of a batch ------------------------------------------------------
 @pytest.mark.parametrize("size, world, shares", [
     (16, 2, [8, 8]), (15, 2, [7, 8]), (1, 2, [0, 1]), (10, 4, [2, 3, 2, 3]), (5, 1, [5])])

@@ -71,9 +71,11 @@ def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
 
     On the CPU the workers would decode on the same cores the model runs on; measured
     on 2 cores, 0 workers encoded ViT-B-32 faster than 1 or 2 (benchmarks/README.md).
+    The training processes of a multi-GPU run (LOCAL_WORLD_SIZE) share the cores.
     """
     if num_workers == "auto":
-        return min(8, usable_cpus()) if device.type == "cuda" else 0
+        share = usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return min(8, max(1, share)) if device.type == "cuda" else 0
     if not isinstance(num_workers, int) or num_workers < 0:
         raise SettingsError(f"runtime.num_workers must be 'auto' or an integer >= 0, got "
                             f"{num_workers!r}.")

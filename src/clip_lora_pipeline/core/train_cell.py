@@ -100,9 +100,9 @@ def cell_worker(job: CellJob) -> CellResult | None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     device = resolve_device(job.runtime.get("device", "auto"))
-    if device.type == "cpu":  # the processes share the cores rather than each taking all
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, usable_cpus() // local))
+    # the processes share the cores rather than each taking all (as torchrun's default)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, usable_cpus() // local))
     with process_group(device) as ranks:
         result = run_cell(job, ranks)
     return result if ranks.writer else None
