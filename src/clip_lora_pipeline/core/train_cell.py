@@ -97,8 +97,10 @@ def cell_worker(job: CellJob) -> CellResult | None:
     own device (cuda:<LOCAL_RANK>, or the CPU), the process group, the training; rank
     0's result, None on the others."""
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+    logging.basicConfig(level=logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    if rank == 0:  # the project's progress once, not open_clip's or every rank's
+        logging.getLogger("clip_lora_pipeline").setLevel(logging.INFO)
     device = resolve_device(job.runtime.get("device", "auto"))
     # the processes share the cores rather than each taking all (as torchrun's default)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
