@@ -2,7 +2,8 @@
 (``runtime.devices: 2``) starts the processes itself and returns rank 0's adapter,
 which equals a one-process run's on the same global batch (16, dropout 0); and a
 two-process run of the command line (``python -m clip_lora_pipeline.core.train_cell``)
-SIGKILLed after a checkpoint resumes to the uninterrupted result."""
+SIGKILLed after a checkpoint resumes to the uninterrupted result; and torchrun (how
+several machines start it) running that command line gives the node's result."""
 
 from __future__ import annotations
 
@@ -108,3 +109,19 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(data, two_
         assert_close(tensors[name], tensor, rtol=1e-6)
     summary = json.loads((output / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["processes"] == 2
+
+
+def test_torchrun_runs_the_command_line_as_the_node_runs_its_processes(data, two_processes,
+                                                                       tmp_path):
+    """How several machines start it (here one machine, two processes): each process
+    runs the command line, which joins torchrun's group; rank 0 writes the outputs."""
+    output = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "clip_lora_pipeline.core.train_cell",
+         "--config", _config(data, tmp_path, output)],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    tensors = load_file(str(output / "adapter.safetensors"))
+    for name, tensor in two_processes[0]["tensors"].items():
+        assert_close(tensors[name], tensor, rtol=1e-6)
