@@ -23,11 +23,18 @@
 #   4. resume    benchmarks/resume_check.py: a LoRA run SIGKILLed after its first
 #                checkpoint resumes to the same result as an uninterrupted one (CUDA:
 #                also with runtime.deterministic, which must match exactly).
-#   5. summary   a markdown table (part, setting, result, numbers, pass/fail), printed
+#   5. ddp       benchmarks/ddp_check.py: LoRA on every visible GPU (runtime.devices,
+#                NCCL) against one process on the same global batch: the adapters must
+#                match, the speed-up is reported, and the multi-GPU run SIGKILLed after
+#                a checkpoint must resume to its uninterrupted result (CUDA: ViT-B-16,
+#                fp32, batch 32 per GPU; CPU: the tiny model on 2 gloo processes).
+#                SKIP with one GPU.
+#   6. summary   a markdown table (part, setting, result, numbers, pass/fail), printed
 #                and written to $OUT/summary.md, beside each part's raw JSON and log.
 #
 # --quick: the smoke pipeline in bf16 only (each run is a full kedro run: ~16 s on 2
-# CPU cores), the fewest benchmark steps and repeats, a 20-step resume check. It is
+# CPU cores), the fewest benchmark steps and repeats, a 20-step resume check, a 12-step
+# ddp check. It is
 # what tests/test_gpu_check.py runs.
 #
 # Without CUDA the script runs as --cpu and says so. Exit code: 0 when no part failed.
@@ -149,6 +156,22 @@ elif kind == "resume":
                    f"{d['total_steps']}; max abs diff: loss {d['max_loss_diff']:.3g}, adapter "
                    f"{d['max_state_diff']:.3g} ({d['criterion']}); runs "
                    f"{d['straight_seconds']:.0f} s + {d['resumed_seconds']:.0f} s")
+elif kind == "ddp":
+    backend = "NCCL" if d["device"] == "cuda" else "gloo"
+    setting = (f"{d['model']}, {d['processes']} processes ({backend}), global batch "
+               f"{d['global_batch']}, {d['precision']}, {d['steps']} steps")
+    ok = d.get("passed", False)
+    if "error" in d:  # a run failed before there was anything to compare
+        result, numbers = f"failed: {d['error']}", "-"
+    else:
+        failed = [k for k, v in d["checks"].items() if not v]
+        result = ("matches one process; killed, resumed, matches" if ok
+                  else "failed: " + "; ".join(failed))
+        numbers = (f"max rel diff vs one process {d['many_vs_one']['max_relative_diff']:.2g}"
+                   f" (rtol {d['rtol']:g}); training {d['one_training_seconds']:.1f} s on 1, "
+                   f"{d['many_training_seconds']:.1f} s on {d['processes']} "
+                   f"({d['speedup']:.2f}x); killed at checkpoint step "
+                   f"{d['checkpoint_step_at_kill']}")
 else:
     raise SystemExit(f"unknown kind {kind}")
 print(f"{setting}\t{result}\t{numbers}\t{'PASS' if ok else 'FAIL'}")
@@ -261,7 +284,32 @@ resume() {
 resume resume
 if ((CPU == 0 && QUICK == 0)); then resume resume_deterministic --deterministic; fi
 
-# 5. The summary -----------------------------------------------------------------------
+# 5. Several GPUs (DDP) ----------------------------------------------------------------
+ddp() {
+  local log="$OUT_DIR/ddp.log" json="$OUT_DIR/ddp.json" rc=0
+  local -a args=(--device "$DEVICE" --workdir "$SCRATCH/ddp")
+  if ((CPU)); then args+=(--processes 2); fi
+  if ((QUICK)); then args+=(--steps 12 --checkpoint-every 4); fi
+  "$PY" benchmarks/ddp_check.py "${args[@]}" >"$log" 2>&1 || rc=$?
+  last_json "$log" "$json" || true
+  # the runs' own logs, for a failure's cause
+  for run in one many killed resumed; do
+    if [[ -f "$SCRATCH/ddp/$run.log" ]]; then cp "$SCRATCH/ddp/$run.log" "$OUT_DIR/ddp_$run.log"; fi
+  done
+  local skipped=""
+  if [[ -s "$json" ]]; then
+    skipped=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("skipped", ""))' "$json" 2>>"$log" || true)
+  fi
+  if [[ -n "$skipped" ]]; then
+    record ddp "$DEVICE" "skipped: $skipped" "-" SKIP
+  else
+    finish ddp "$DEVICE" ddp "$rc" "$log" "$json"
+  fi
+}
+
+ddp
+
+# 6. The summary -----------------------------------------------------------------------
 {
   echo "## gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo

@@ -1,7 +1,8 @@
 """benchmarks/gpu_check.sh, in its CPU-safe quick form: every part runs (the smoke
 pipeline in bf16 only under --quick, the step benchmark on the tiny model, the loader
-benchmark on a few generated JPEGs, the resume-after-kill check), passes, and is listed
-in the summary table, which is written with each part's raw JSON."""
+benchmark on a few generated JPEGs, the resume-after-kill check, two gloo training
+processes against one), passes, and is listed in the summary table, which is written
+with each part's raw JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, write_image
 
-PARTS = ("smoke", "step", "loader", "resume")
+PARTS = ("smoke", "step", "loader", "resume", "ddp")
 
 
 @pytest.mark.slow
@@ -44,5 +45,7 @@ def test_gpu_check_runs_its_cpu_parts_and_tabulates_them(tmp_path):
     assert step["flops_per_step"] > 0 and step["mfu"] is None  # no peak for a CPU
     resume = json.loads((out / "resume.json").read_text())
     assert resume["passed"] and resume["exact"]  # on a CPU: identical
+    ddp = json.loads((out / "ddp.json").read_text())  # 2 gloo processes against one
+    assert ddp["passed"] and ddp["processes"] == 2 and ddp["resumed_vs_many"]["exact"]
     assert json.loads((out / "smoke_bf16.json").read_text())["lora_metrics"]["n_images"] > 0
     assert json.loads((out / "loader.json").read_text())["new_img_per_s"] > 0

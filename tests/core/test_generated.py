@@ -25,6 +25,7 @@ from clip_lora_pipeline.core.adaptation_settings import adaptation_settings
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.augment import Augmentation
 from clip_lora_pipeline.core.batches import EpochBatches
+from clip_lora_pipeline.core.distributed import Ranks
 from clip_lora_pipeline.core.generated import (
     GeneratedBatch,
     GeneratedError,
@@ -237,12 +238,12 @@ def test_micro_batches_add_up_to_the_whole_batch_weighted_loss(shapes):
 
 
 # Training -------------------------------------------------------------------------------
-def _batches(shapes, generated, **settings):
+def _batches(shapes, generated, ranks=Ranks(), **settings):
     root, train = shapes["root"], shapes["train"]
     augmentation = Augmentation(32, (0.5, 1.0), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     inputs = TrainingBatches([str(root / p) for p in train["path"]], train["label"].tolist(),
                              augmentation, EpochBatches(len(train), 8, 5), torch.device("cpu"),
-                             InputSettings(**settings), generated)
+                             InputSettings(**settings), generated, ranks)
     return inputs, list(inputs.steps(0, 3))
 
 
@@ -263,6 +264,27 @@ def test_cache_and_files_give_identical_batches_with_generated_images(shapes):
     assert 0 < fed_itself.sum() < 8  # p 0.5: some slots replaced
     # a slot fed as itself gets the plain run's crop
     torch.testing.assert_close(cached[0][1][fed_itself], plain[0][1][fed_itself], rtol=0, atol=0)
+
+
+def test_each_training_process_takes_its_share_of_a_batch_with_generated_images(shapes):
+    """Several processes (core.distributed): each cuts its share of the whole batch as a
+    micro-batch is cut, with the whole batch's loss weights."""
+    generated = GeneratedImages.for_training(_settings(shapes, p=0.5),
+                                             shapes["train"]["path"].tolist())
+    _, whole = _batches(shapes, generated, pixel_cache_mb=64)
+    shares = [_batches(shapes, generated, Ranks(rank, 3), pixel_cache_mb=0)[1]
+              for rank in range(3)]
+    for step, (_, x, y, g) in enumerate(whole):
+        parts = [share[step] for share in shares]
+        torch.testing.assert_close(torch.cat([p[1] for p in parts]), x, rtol=0, atol=0)
+        assert torch.equal(torch.cat([p[2] for p in parts]), y)
+        for rank, (_, _, _, part) in enumerate(parts):
+            expected = g.chunk(Ranks(rank, 3).part(len(y)))  # 2, 3 and 3 of the 8
+            torch.testing.assert_close(part.images, expected.images, rtol=0, atol=0)
+            np.testing.assert_array_equal(part.weights_np, expected.weights_np)
+            np.testing.assert_array_equal(part.breaking_np, expected.breaking_np)
+            np.testing.assert_array_equal(part.sources_np, expected.sources_np)
+        assert sum(len(p[3].weights_np) for p in parts) == 8
 
 
 def test_breaking_weight_zero_and_p_zero_train_as_the_plain_run(shapes):

@@ -32,10 +32,19 @@ class EpochBatches:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         return order[position * self.batch_size:(position + 1) * self.batch_size]
 
+    def size(self, step: int) -> int:
+        """How many images ``indices(step)`` holds, without drawing them."""
+        position = step % self.per_epoch
+        return min(self.batch_size, self.n - position * self.batch_size)
 
-def micro_batches(size: int, micro: int) -> list[tuple[slice, float]]:
+
+def micro_batches(size: int, micro: int, whole: int | None = None
+                  ) -> list[tuple[slice, float]]:
     """Slices of at most ``micro`` rows covering a batch of ``size``, each with its share
     of the batch. Weighting each slice's mean loss by its share makes the accumulated
-    gradient that of the whole batch's mean loss, a partial batch included."""
-    return [(slice(start, min(start + micro, size)), (min(start + micro, size) - start) / size)
+    gradient that of the whole batch's mean loss, a partial batch included. ``whole``:
+    the global batch, when these ``size`` rows are one process's part of it
+    (``core.distributed``): the shares are then of the global batch."""
+    whole = whole or size
+    return [(slice(start, min(start + micro, size)), (min(start + micro, size) - start) / whole)
             for start in range(0, size, micro)]

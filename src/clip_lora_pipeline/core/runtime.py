@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from clip_lora_pipeline.core.distributed import devices_problem
 from clip_lora_pipeline.core.errors import SettingsError
 from clip_lora_pipeline.core.model_id import ModelError
 
@@ -28,6 +29,7 @@ class RuntimeSettings:
     num_workers: int | str = "auto"  # DataLoader workers decoding images
     pixel_cache_mb: int = 4096  # decoded training images kept on the training device
     deterministic: bool = False  # deterministic GPU algorithms (bit-exact, slower)
+    devices: int | str = 1  # training processes: auto = every visible GPU (core.distributed)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -54,6 +56,8 @@ class RuntimeSettings:
         if not isinstance(self.deterministic, bool):
             raise ModelError(f"runtime.deterministic must be true or false, got "
                              f"{self.deterministic!r}.")
+        if (problem := devices_problem(self.devices, self.device)) is not None:
+            raise ModelError(problem)
 
     @classmethod
     def from_params(cls, params: dict | None) -> RuntimeSettings:
@@ -67,9 +71,11 @@ def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
 
     On the CPU the workers would decode on the same cores the model runs on; measured
     on 2 cores, 0 workers encoded ViT-B-32 faster than 1 or 2 (benchmarks/README.md).
+    The training processes of a multi-GPU run (LOCAL_WORLD_SIZE) share the cores.
     """
     if num_workers == "auto":
-        return min(8, usable_cpus()) if device.type == "cuda" else 0
+        share = usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return min(8, max(1, share)) if device.type == "cuda" else 0
     if not isinstance(num_workers, int) or num_workers < 0:
         raise SettingsError(f"runtime.num_workers must be 'auto' or an integer >= 0, got "
                             f"{num_workers!r}.")
@@ -85,13 +91,22 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when it is available, else the CPU."""
+def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch.device:
+    """'auto' picks CUDA when it is available, else the CPU. In one process of a
+    multi-process run, 'auto' and 'cuda' are that process's own GPU, cuda:<local_rank>
+    (by default $LOCAL_RANK, which torchrun and the training launcher set): plain 'cuda'
+    would be GPU 0 in every process."""
+    if local_rank is None and os.environ.get("LOCAL_RANK", "").isdigit():
+        local_rank = int(os.environ["LOCAL_RANK"])
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = "cuda"
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for, but CUDA is not available here.")
+    if resolved.type == "cuda" and resolved.index is None and local_rank is not None:
+        return torch.device("cuda", local_rank)
     return resolved
 
 

@@ -8,7 +8,9 @@ the same result as an uninterrupted one. Batches come from ``core.train_inputs``
 (shuffled epochs with a partial last batch, each sample augmented from its own seed).
 Nothing in a step reads a value back from the GPU: the step's loss and accuracy stay on
 the device until the loop needs them (``StepLog``). An fp16 run's gradient scaler still
-checks for infinite gradients once per step, as ``GradScaler`` does.
+checks for infinite gradients once per step, as ``GradScaler`` does. On several
+processes (``core.distributed``) each takes its share of every batch, the gradients are
+summed across them before the optimizer step, and rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from clip_lora_pipeline.core.checkpoints import (
     restore_rng,
     rng_state,
 )
+from clip_lora_pipeline.core.distributed import GradientSum, Ranks
 from clip_lora_pipeline.core.durations import Pace, duration
 from clip_lora_pipeline.core.errors import UserError
 from clip_lora_pipeline.core.generated import GeneratedBatch, GeneratedImages
@@ -134,9 +137,11 @@ SLOW_SECONDS = 3600  # an estimate above this on CPU comes with the quicker sett
 
 
 class TrainingLoop:
-    """Trains ``adapted`` in place, with the training settings it was built with."""
+    """Trains ``adapted`` in place, with the training settings it was built with;
+    ``ranks``: this process's place in a multi-process run (default: the process group
+    it has joined, if any)."""
 
-    def __init__(self, adapted: AdaptedClip):
+    def __init__(self, adapted: AdaptedClip, ranks: Ranks | None = None):
         self.adapted, self.settings = adapted, adapted.settings.train
         params = adapted.trainable_parameters()
         if not params:
@@ -145,6 +150,10 @@ class TrainingLoop:
         self.optimizer = build_optimizer(params, self.settings)
         self.scaler = torch.amp.GradScaler(adapted.device.type,
                                            enabled=adapted.dtype == torch.float16)
+        self.ranks = ranks or Ranks.current()
+        self.ranks.start_together(params, self.settings.seed or 0)
+        self.sum_gradients = GradientSum(
+            self.ranks, [p for group in self.optimizer.param_groups for p in group["params"]])
         cfg = adapted.clip.visual.preprocess_cfg
         self.augmentation = Augmentation(cfg["size"][0], self.settings.crop_scale,
                                          tuple(cfg["mean"]), tuple(cfg["std"]))
@@ -154,7 +163,7 @@ class TrainingLoop:
 
     def _resume(self, store: CheckpointStore | None, scheduler) -> Progress:
         """A fresh start, or where the checkpoint in ``store`` left off."""
-        if store is None or not store.exists():
+        if store is None or not self.ranks.writer_first(store.exists):
             return Progress(best=self.adapted.state())
         if store.settings() != self._settings_json():
             raise TrainingError(
@@ -172,31 +181,39 @@ class TrainingLoop:
         scaler = state.pop("scaler")
         if scaler:  # only fp16 runs have one; a run in another precision starts its own
             self.scaler.load_state_dict(scaler)
-        restore_rng(state.pop("rng"), self.adapted.device)
+        restore_rng(self.ranks.own(state.pop("rng"), f"checkpoint {store.folder}"),
+                    self.adapted.device)
         logger.info("resuming from %s at step %d", store.folder, state["step"])
         return Progress(best=saved.best, **state)
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor,
-              generated: GeneratedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a batch; its mean loss and correct count, on the device."""
+              generated: GeneratedBatch | None = None, batch_size: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch; its mean loss and correct count, on the device.
+        ``batch_size``: the global batch, of which ``labels`` are this process's share."""
         s = self.settings
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, correct = torch.zeros((), device=labels.device), 0
-        for chunk, share in micro_batches(len(labels), s.batch_size // s.grad_accumulation):
+        for chunk, share in micro_batches(len(labels), s.batch_size // s.grad_accumulation,
+                                          batch_size):
             loss, hits = training_loss(self.adapted, images[chunk], labels[chunk],
                                        generated and generated.chunk(chunk))
             self.scaler.scale(loss * share).backward()
             loss_sum, correct = loss_sum + loss.detach() * share, correct + hits
+        loss_sum, correct = self.sum_gradients(loss_sum, correct)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss_sum, correct
 
     def _checkpoint(self, store: CheckpointStore, run: Progress, scheduler) -> None:
+        """Rank 0 writes, with every process's RNG state; the others wait for it."""
         state = {"optimizer": self.optimizer.state_dict(),
-                 "rng": rng_state(self.adapted.device),
+                 "rng": self.ranks.gather(rng_state(self.adapted.device)),
                  "scheduler": scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  **run.state()}
-        store.save(Checkpoint(self.adapted.state(), run.best, state), self._settings_json())
+        if self.ranks.writer:
+            store.save(Checkpoint(self.adapted.state(), run.best, state), self._settings_json())
+        self.ranks.barrier()
 
     def fit(self, train_paths: Sequence[str], train_labels: Sequence[int],
             val_paths: Sequence[str], val_labels: Sequence[int], eval_transform,
@@ -219,9 +236,9 @@ class TrainingLoop:
         inputs = TrainingBatches(
             train_paths, train_labels, self.augmentation,
             EpochBatches(len(train_paths), s.batch_size, s.seed), device,
-            InputSettings(workers, runtime.pixel_cache_mb), generated)
+            InputSettings(workers, runtime.pixel_cache_mb), generated, self.ranks)
         val = Validation(self.adapted, val_paths, val_labels, eval_transform,
-                         workers, runtime.pixel_cache_mb)
+                         workers, runtime.pixel_cache_mb, ranks=self.ranks)
         # A method may take the last steps itself, after the loop (2SFS's second stage).
         loop_steps = self.adapted.settings.method.loop_steps(
             self.adapted.settings.method_settings, total_steps)
@@ -229,6 +246,8 @@ class TrainingLoop:
                                     batches_per_epoch(len(train_paths), s.batch_size))
         store = CheckpointStore(checkpoint_dir / "last") if checkpoint_dir else None
         run = self._resume(store, scheduler)
+        self.ranks.agree(run.step, "the step they resume from (several machines: is the "
+                         "checkpoint folder on storage that all of them see?)")
         with deterministic_algorithms(runtime.deterministic):
             seconds = self._run(run, inputs, val, scheduler, store, loop_steps, quicker)
             self.adapted.eval()
@@ -257,17 +276,20 @@ class TrainingLoop:
         s, log, pace = self.settings, StepLog(run.history), Pace()
         start = time.perf_counter() - run.elapsed
         self.adapted.train()
-        bar = tqdm(total=total_steps, initial=run.step, desc=f"Training {s.method}", unit="step")
+        bar = tqdm(total=total_steps, initial=run.step, desc=f"Training {s.method}", unit="step",
+                   disable=not self.ranks.writer)
         tick = time.perf_counter()
         for step, images, labels, *generated in inputs.steps(run.step, total_steps):
-            loss, correct = self._step(images, labels, *generated)
+            size = inputs.batches.size(step)  # the global batch, of which labels are a share
+            share = {"batch_size": size} if self.ranks.world > 1 else {}
+            loss, correct = self._step(images, labels, *generated, **share)
             scheduler.step()
             run.step = step + 1
             if (per_step := pace.add(time.perf_counter() - tick)) is not None:
                 self._announce(per_step, total_steps - run.step, quicker)
             log.add({"step": run.step, "loss": math.nan, "train_accuracy": math.nan,
                      "lr": scheduler.get_last_lr()[0], "val_accuracy": math.nan},
-                    loss, correct, len(labels))
+                    loss, correct, size)
             done = run.step == total_steps
             evaluating = bool(s.eval_every) and (run.step % s.eval_every == 0 or done)
             if evaluating:

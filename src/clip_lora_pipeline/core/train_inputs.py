@@ -13,7 +13,10 @@ batches as an uninterrupted one, whichever way they are made:
   prefetching on CUDA.
 
 On a CPU the two give identical batches, for any number of workers. The validation
-images are preprocessed once (``Validation``). With generated images
+images are preprocessed once (``Validation``). In a multi-process run
+(``core.distributed``) each process makes its share of every batch and validates its
+share of the validation set; its samples keep their slots in the global batch, so the
+shares together are the one-process batch. With generated images
 (``core.generated``), a step's plan says which image each slot feeds and which
 generated ones join it; those are numbered after the training images and made the same
 two ways, and the batch comes with its ``GeneratedBatch``.
@@ -29,12 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.augment import Augmentation
 from clip_lora_pipeline.core.batches import EpochBatches
+from clip_lora_pipeline.core.distributed import Ranks
 from clip_lora_pipeline.core.embed import image_loader
 from clip_lora_pipeline.core.generated import BatchPlan, GeneratedBatch, GeneratedImages
 from clip_lora_pipeline.core.pixel_cache import (
@@ -94,6 +98,15 @@ class StepSampler(Sampler):
         return max(0, self.stop - self.start)
 
 
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loader's batch; empty for a process whose share of a small batch is empty."""
+    return default_collate(items) if items else _nothing()
+
+
+def _nothing() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty((0, 3, 0, 0), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+
+
 class AugmentedFiles(Dataset):
     """Item (step, slot, index): the image's crop (uint8, flipped or not) and its label."""
 
@@ -117,8 +130,9 @@ class TrainingBatches:
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], augmentation: Augmentation,
                  batches: EpochBatches, device: torch.device, settings: InputSettings,
-                 generated: GeneratedImages | None = None):
+                 generated: GeneratedImages | None = None, ranks: Ranks = Ranks()):
         self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+        self.ranks = ranks
         self.generated = generated
         if generated is not None:  # numbered after the training images, with their labels
             self.paths += generated.paths
@@ -138,10 +152,13 @@ class TrainingBatches:
         return tensor.to(self.device, non_blocking=True)
 
     def _rows(self, step: int) -> tuple[Rows, BatchPlan | None]:
-        """The images ``step`` decodes, and its plan when training with generated ones."""
+        """The images ``step`` decodes, and its plan when training with generated ones.
+        Several processes: this one's share of the batch; with generated images, the
+        whole batch (its loss weights are the whole batch's), cut in ``_batch``."""
         indices = self.batches.indices(step)
         if self.generated is None:
-            return [(slot, int(i)) for slot, i in enumerate(indices)], None
+            rows = [(slot, int(i)) for slot, i in enumerate(indices)]
+            return rows[self.ranks.part(len(rows))], None
         plan = self.generated.plan(self.batches.seed, step, indices)
         return plan.rows, plan
 
@@ -150,6 +167,9 @@ class TrainingBatches:
         if plan is None:
             return step, images, labels
         generated = GeneratedBatch.from_plan(plan, images[plan.size:], self.generated.settings)
+        if self.ranks.world > 1:  # this process's share, as a micro-batch is cut
+            share = self.ranks.part(plan.size)
+            return step, images[share], labels[share], generated.chunk(share)
         return step, images[:plan.size], labels[:plan.size], generated
 
     def _from_cache(self, start: int, stop: int) -> Iterator[Batch]:
@@ -158,6 +178,9 @@ class TrainingBatches:
         cache, seed = self._cache, self.batches.seed
         for step in range(start, stop):
             rows, plan = self._rows(step)
+            if not rows:  # this process's share of a small batch
+                yield step, *(t.to(self.device) for t in _nothing())
+                continue
             indices = [i for _, i in rows]
             draws = [self.augmentation.draw(seed, step, slot, cache.heights[i], cache.widths[i])
                      for slot, i in rows]
@@ -170,6 +193,7 @@ class TrainingBatches:
         loader = DataLoader(
             AugmentedFiles(self.paths, self.labels, self.augmentation, self.batches.seed),
             batch_sampler=StepSampler(self._rows, start, stop), num_workers=workers,
+            collate_fn=_collate,
             pin_memory=cuda, prefetch_factor=4 if workers else None,
             generator=torch.Generator())  # its worker seeds would draw from dropout's RNG
         for step, (crops, labels) in zip(range(start, stop), loader):
@@ -184,22 +208,28 @@ class Validation:
     again (by ``num_workers`` processes) at each evaluation."""
 
     def __init__(self, adapted: AdaptedClip, paths: Sequence[str], labels: Sequence[int],
-                 transform, num_workers: int, budget_mb: int, batch_size: int = 64):
-        self.adapted, self.paths, self.transform = adapted, list(paths), transform
-        self.labels, self.num_workers = np.asarray(labels), num_workers
+                 transform, num_workers: int, budget_mb: int, batch_size: int = 64,
+                 ranks: Ranks = Ranks()):
+        share, self.ranks, self.total = ranks.part(len(paths)), ranks, len(paths)
+        self.adapted, self.paths, self.transform = adapted, list(paths)[share], transform
+        self.labels, self.num_workers = np.asarray(labels)[share], num_workers
         self.batch_size = batch_size
         size = adapted.clip.visual.preprocess_cfg["size"]
         self.cached = len(self.paths) * 3 * size[0] * size[1] * 4 <= budget_mb * 2**20
         self._images: torch.Tensor | None = None
 
     def accuracy(self) -> float:
+        if self.ranks.world > 1:  # the correct counts of every process's share
+            correct = float((self._logits().argmax(1) == self.labels).sum()) if self.paths else 0
+            return self.ranks.total(correct, self.adapted.device) / self.total
+        return float((self._logits().argmax(1) == self.labels).mean())
+
+    def _logits(self) -> np.ndarray:
         if not self.cached:
-            logits = self.adapted.predict(self.paths, self.transform, self.batch_size,
-                                          self.num_workers)
-        else:
-            if self._images is None:
-                loader = image_loader(pd.DataFrame({"path": self.paths}), "", self.transform,
-                                      self.adapted.device, self.batch_size, self.num_workers)
-                self._images = torch.cat([b.to(self.adapted.device) for b, _ in loader])
-            logits = self.adapted.predict_batches(self._images.split(self.batch_size))
-        return float((logits.argmax(1) == self.labels).mean())
+            return self.adapted.predict(self.paths, self.transform, self.batch_size,
+                                        self.num_workers)
+        if self._images is None:
+            loader = image_loader(pd.DataFrame({"path": self.paths}), "", self.transform,
+                                  self.adapted.device, self.batch_size, self.num_workers)
+            self._images = torch.cat([b.to(self.adapted.device) for b, _ in loader])
+        return self.adapted.predict_batches(self._images.split(self.batch_size))
