@@ -195,7 +195,7 @@ def test_the_adapter_predicts_through_core_predict_and_exports_unmerged(images,
 
 def test_the_training_forward_reads_nothing_back_from_the_device():
     """On ``meta`` tensors have no values: a host read in the hook would raise."""
-    from clip_lora_pipeline.core.train import training_loss
+    from clip_lora_pipeline.core.training_step import training_loss
 
     adapted = _coop(class_specific=True).train()
     adapted.to("meta")

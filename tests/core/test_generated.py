@@ -35,8 +35,9 @@ from clip_lora_pipeline.core.generated import (
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
-from clip_lora_pipeline.core.train import TrainingLoop, training_loss
+from clip_lora_pipeline.core.train import TrainingLoop
 from clip_lora_pipeline.core.train_inputs import InputSettings, TrainingBatches
+from clip_lora_pipeline.core.training_step import training_loss
 from tests.core.tiny import assert_close
 
 EDITS = {"preserving": [lambda im: ImageEnhance.Brightness(im).enhance(1.2),

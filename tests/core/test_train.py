@@ -28,12 +28,9 @@ from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.runtime import RuntimeSettings
 from clip_lora_pipeline.core.sources.synthetic import Synthetic
-from clip_lora_pipeline.core.train import (
-    TrainingError,
-    TrainingLoop,
-    training_loss,
-)
+from clip_lora_pipeline.core.train import TrainingError, TrainingLoop
 from clip_lora_pipeline.core.train_inputs import TrainingBatches
+from clip_lora_pipeline.core.training_step import training_loss
 from tests.core.tiny import assert_close
 
 FAST_LORA = {"r": 4, "alpha": 8, "dropout": 0.1}

@@ -26,7 +26,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clip_lora_pipeline.core.adapted import AdaptedClip
@@ -51,9 +50,7 @@ from clip_lora_pipeline.core.optimization import build_optimizer, build_schedule
 from clip_lora_pipeline.core.runtime import (
     PeakMemory,
     RuntimeSettings,
-    autocast,
     deterministic_algorithms,
-    no_autocast,
     resolve_num_workers,
     tune_cpu_allocator,
 )
@@ -62,6 +59,7 @@ from clip_lora_pipeline.core.train_inputs import (
     TrainingBatches,
     Validation,
 )
+from clip_lora_pipeline.core.training_step import StepLog, training_loss
 
 logger = logging.getLogger(__name__)
 
@@ -83,53 +81,6 @@ class TrainResult:
     steps_done: int
     selected: str  # which state the model holds now: "last" or "best_val"
     selected_step: int
-
-
-def training_loss(adapted: AdaptedClip, images: torch.Tensor, labels: torch.Tensor,
-                  generated: GeneratedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's mean loss and its count of correct predictions, both left on the
-    device: nothing here reads a value back to the host (a test runs it on ``meta``).
-    The model runs under autocast; the loss in fp32 with autocast off. ``generated``:
-    the batch's generated images, encoded with it, and its loss terms (``core.generated``)."""
-    weight = adapted.settings.train.text_alignment_weight
-    extra = generated is not None and len(generated.images) > 0
-    with autocast(adapted.device, adapted.dtype):
-        features = adapted.image_features(
-            torch.cat([images, generated.images]) if extra else images)
-        logits, align = adapted.head(features[:len(labels)] if extra else features)
-    with no_autocast(adapted.device):
-        loss = (F.cross_entropy(logits.float(), labels) if generated is None
-                else generated.loss(logits.float(), labels, features))
-        if align is not None and weight > 0:
-            loss = loss + weight * F.cross_entropy(align.float(), labels)
-    return loss, (logits.argmax(1) == labels).sum()
-
-
-class StepLog:
-    """Each step's loss and correct count, kept on the device until the loop needs them
-    (a validation, a checkpoint, the progress bar every ``LOG_EVERY`` steps), then read
-    back in one transfer: reading them every step would make the host wait for the GPU
-    to finish the step before it can queue the next."""
-
-    def __init__(self, history: list[dict[str, Any]]):
-        self.history = history
-        self.pending: list[tuple[dict[str, Any], torch.Tensor, int]] = []
-
-    def add(self, record: dict[str, Any], loss: torch.Tensor, correct: torch.Tensor,
-            size: int) -> None:
-        self.pending.append((record, torch.stack([loss.detach().float(), correct.float()]),
-                             size))
-
-    def flush(self) -> dict[str, Any] | None:
-        """Complete and append the pending records; returns the last one."""
-        if not self.pending:
-            return self.history[-1] if self.history else None
-        values = torch.stack([v for _, v, _ in self.pending]).cpu().tolist()
-        for (record, _, size), (loss, correct) in zip(self.pending, values):
-            record.update(loss=loss, train_accuracy=correct / size)
-            self.history.append(record)
-        self.pending = []
-        return self.history[-1]
 
 
 LOG_EVERY = 10
