@@ -49,6 +49,7 @@ def test_sweep_runs_every_cell_and_encodes_the_test_split_once(swept):
 def test_sweep_aggregates_mean_std_and_seeds(swept):
     aggregate = pd.read_parquet(swept / OUT / "aggregate.parquet")
     trained = aggregate[aggregate["method"].isin(TRAINED)]
+    assert set(TRAINED) <= set(aggregate["method"])  # every method is in the sweep's table
     assert sorted(set(trained["shots"])) == [1, 2, 4]
     assert (trained["n_seeds"] == 2).all() and trained["std"].notna().all()
     cells = pd.read_parquet(swept / OUT / "cells.parquet")
