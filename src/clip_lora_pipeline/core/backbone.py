@@ -106,3 +106,18 @@ class BackboneMethod(ABC):
         Returns their history rows (as the loop writes them) and the count of elements
         they trained. Must be deterministic: no checkpoint is written during them."""
         raise NotImplementedError(f"{type(self).__name__} takes every step in the loop")
+
+
+class TrainsItsParameters(BackboneMethod, ABC):
+    """A method whose trainable tensors are the attached module's own parameters with
+    ``requires_grad`` (BitFit's biases, CoOp's context), stored under their names."""
+
+    def state(self, attached: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in attached.named_parameters() if p.requires_grad}
+
+    def load_state(self, attached: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+        params = self.state(attached)
+        check_names(params, tensors)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[name])

@@ -4,13 +4,12 @@ open_clip model's own parameter names and exported as the model itself."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from clip_lora_pipeline.core.backbone import BackboneMethod, SettingError, check_names
+from clip_lora_pipeline.core.backbone import SettingError, TrainsItsParameters
 from clip_lora_pipeline.core.lora import ENCODERS
 
 
@@ -57,7 +56,7 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[str]) -> int:
     return count
 
 
-class BitFit(BackboneMethod):
+class BitFit(TrainsItsParameters):
     """Biases (and LayerNorm weights) of the model itself: nothing is added, so the
     trained model is its own merged export."""
 
@@ -68,12 +67,3 @@ class BitFit(BackboneMethod):
         freeze_all_but(clip, bitfit_parameters(clip, settings))
         return clip
 
-    def state(self, attached: nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in attached.named_parameters() if p.requires_grad}
-
-    def load_state(self, attached: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-        params = self.state(attached)
-        check_names(params, tensors)
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(tensors[name])

@@ -12,16 +12,15 @@ would need new token ids; CoOp's context is per position, which the hook sets di
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from clip_lora_pipeline.core.backbone import (
-    BackboneMethod,
     SettingError,
-    check_names,
+    TrainsItsParameters,
     is_int,
 )
 
@@ -97,7 +96,7 @@ def _context(clip: nn.Module) -> PromptContext:
     return clip.get_submodule("prompt_context")
 
 
-class CoOp(BackboneMethod):
+class CoOp(TrainsItsParameters):
     """Learned context vectors (one set, or one per class) before the class names; the
     whole of CLIP frozen. Stored as the vectors; cannot be merged into open_clip's
     weights, so the export is the adapter itself."""
@@ -127,15 +126,6 @@ class CoOp(BackboneMethod):
                                            tokenizer))
         return tokens
 
-    def state(self, attached: nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in attached.named_parameters() if p.requires_grad}
-
-    def load_state(self, attached: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-        params = self.state(attached)
-        check_names(params, tensors)
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(tensors[name])
 
 
 def _check_prompts(tokens: torch.Tensor, class_names: Sequence[str],
