@@ -16,7 +16,7 @@ import pytest
 from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
 
-from clip_lora_pipeline import fingerprints
+from clip_lora_pipeline import code_digest, fingerprints
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset
 from clip_lora_pipeline.runner import FingerprintRunner
 
@@ -48,16 +48,16 @@ def total(frame, scale):
 def project(tmp_path, monkeypatch):
     (tmp_path / "fp_nodes.py").write_text("import pandas as pd\n" + textwrap.dedent(MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(fingerprints, "PACKAGE", "fp_nodes")
+    monkeypatch.setattr(code_digest, "PACKAGE", "fp_nodes")
     yield tmp_path
     sys.modules.pop("fp_nodes", None)
 
 
 def _run(root, params=None, fail=None):
     module = importlib.import_module("fp_nodes")
-    fingerprints._code_of.cache_clear()
-    fingerprints._imported_modules.cache_clear()
-    fingerprints._module_digest.cache_clear()
+    code_digest._code_of.cache_clear()
+    code_digest._imported_modules.cache_clear()
+    code_digest._module_digest.cache_clear()
     module.CALLS.clear()
     double = module.double
     if fail:

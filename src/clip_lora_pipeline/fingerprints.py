@@ -22,36 +22,27 @@ killed run never marks a node done.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib
-import inspect
 import json
 import logging
 import os
-import sys
-import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from upath import UPath
 
+from clip_lora_pipeline.code_digest import digest, node_code
 from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "clip_lora_pipeline"
 FOLDER_KEYS = ("root", "input")  # parameter keys whose value names a folder read by path
 RECORD_DIR = Path("data/.fingerprints")  # where no parameter names the folder
 RECORDS_PARAMETER = "fingerprint_records"
 VOLATILE = "volatile"  # the tag of nodes that read state outside the catalog: always run
 _CHUNK = 1 << 20
-
-
-def digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def file_sha(path: Path | UPath) -> str:
@@ -72,76 +63,6 @@ def records_folder(catalog) -> Path | UPath:
     name = f"params:{RECORDS_PARAMETER}"
     folder = catalog.get(name).load() if name in catalog else None
     return storage.data_path(folder or RECORD_DIR)
-
-
-# Code ----------------------------------------------------------------------------------
-def _module_source(name: str) -> str:
-    module = sys.modules.get(name) or importlib.import_module(name)
-    try:
-        return inspect.getsource(module)
-    except (OSError, TypeError):
-        return ""
-
-
-@functools.cache
-def _module_digest(name: str) -> str:
-    return digest(_module_source(name))
-
-
-@functools.cache
-def _imported_modules(name: str) -> frozenset[str]:
-    """``name`` and the project modules it imports, transitively."""
-    seen, stack = set(), [name]
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        module = sys.modules.get(current) or importlib.import_module(current)
-        for value in vars(module).values():
-            dep = value.__name__ if isinstance(value, types.ModuleType) \
-                else getattr(value, "__module__", None)
-            # A package holds every submodule imported anywhere as an attribute: only
-            # what a module imports itself is followed.
-            child = dep is not None and dep.startswith(current + ".") \
-                and hasattr(module, "__path__")
-            if isinstance(dep, str) and dep.startswith(PACKAGE) and dep in sys.modules \
-                    and not child:
-                stack.append(dep)
-    return frozenset(seen)
-
-
-def _own_functions(func: types.FunctionType) -> list[types.FunctionType]:
-    """``func`` and the functions of its module it calls, transitively."""
-    found, stack = {}, [func]
-    while stack:
-        current = stack.pop()
-        if current.__qualname__ in found:
-            continue
-        found[current.__qualname__] = current
-        for name in current.__code__.co_names:
-            value = current.__globals__.get(name)
-            if isinstance(value, types.FunctionType) and value.__module__ == func.__module__:
-                stack.append(value)
-    return [found[k] for k in sorted(found)]
-
-
-@functools.cache
-def _code_of(func: types.FunctionType) -> str:
-    own = [inspect.getsource(f) for f in _own_functions(func)]
-    imported = sorted(_imported_modules(func.__module__) - {func.__module__})
-    return digest(own, [(name, _module_digest(name)) for name in imported])
-
-
-def node_code(func: Any) -> tuple[str, Any]:
-    """(the code's fingerprint, the arguments bound by ``functools.partial``)."""
-    bound: list[Any] = []
-    while isinstance(func, functools.partial):
-        bound.append([list(func.args), func.keywords])
-        func = func.func
-    if isinstance(func, types.FunctionType):
-        return _code_of(func), bound
-    return digest(_module_source(type(func).__module__), repr(func)), bound
 
 
 # Folders and files --------------------------------------------------------------------

@@ -31,13 +31,13 @@ from typing import Any
 from kedro.framework.session import KedroSession
 from upath import UPath
 
+from clip_lora_pipeline.code_digest import digest
 from clip_lora_pipeline.core import storage
 from clip_lora_pipeline.core.atomic import atomic_path
 from clip_lora_pipeline.fingerprints import (
     RECORD_DIR,
     RECORDS_PARAMETER,
     FileHashes,
-    digest,
     file_stat,
     folders_named,
 )
