@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clip_lora_pipeline.core.color import to_rgb
 from clip_lora_pipeline.core.images import (
     BadImagesError,
     check_image,
     image_files,
     load_rgb,
-    to_rgb,
     validate_images,
 )
 from clip_lora_pipeline.core.manifest import make_manifest
