@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from tests.core.tiny import fresh_tiny
 
 
@@ -14,3 +15,27 @@ def inputs():
     _, tokenizer = fresh_tiny()
     torch.manual_seed(1)
     return torch.randn(4, 3, 32, 32), tokenizer(["a photo of a red circle.", "a dog", "x y z"])
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """The training tests' data: 6 generated shapes, 96 training and 48 validation
+    images (paths and labels), and the class names by label."""
+    root = tmp_path_factory.mktemp("shapes")
+    options = {"num_classes": 6, "images_per_class": 24, "image_size": 32, "seed": 0}
+    Synthetic().prepare(root, **options)
+    manifest = Synthetic().index(root, **options).sample(frac=1.0, random_state=0)
+    train, val = manifest.iloc[:96], manifest.iloc[96:]
+    names = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+    return {"train": ([str(root / p) for p in train["path"]], train["label"].tolist()),
+            "val": ([str(root / p) for p in val["path"]], val["label"].to_numpy()),
+            "names": names}
+
+
+@pytest.fixture(scope="module")
+def few_images(tmp_path_factory):
+    """(root, the paths of 9 generated shapes in 3 classes)."""
+    root = tmp_path_factory.mktemp("shapes")
+    options = {"num_classes": 3, "images_per_class": 3, "image_size": 32, "seed": 0}
+    Synthetic().prepare(root, **options)
+    return root, Synthetic().index(root, **options)[["path"]]

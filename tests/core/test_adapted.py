@@ -19,20 +19,11 @@ from clip_lora_pipeline.core.images import load_rgb
 from clip_lora_pipeline.core.lora import LoraSettings
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import logits_from_adapter
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from tests.core.tiny import assert_close
 
 MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
 RUNTIME = {"device": "cpu", "precision": "fp32", "batch_size": 4}
 NAMES = ["red circle", "blue square", "green triangle"]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 3, "images_per_class": 3, "image_size": 32, "seed": 0}
-    Synthetic().prepare(root, **options)
-    return root, Synthetic().index(root, **options)[["path"]]
 
 
 def _trained(entry: dict, seed: int = 1) -> AdaptedClip:
@@ -113,8 +104,8 @@ def test_lora_state_is_peft_adapter_state_dict():
 @pytest.mark.parametrize("entry", [{"lora": {"r": 4}, "head": "linear"},
                                    {"method": "bitfit", "bitfit": {"layernorm": True}},
                                    {"method": "vpt", "vpt": {"depth": "deep"}, "head": "linear"}])
-def test_the_artifact_gives_back_the_same_model(entry, images):
-    root, frame = images
+def test_the_artifact_gives_back_the_same_model(entry, few_images):
+    root, frame = few_images
     adapted = _trained(entry)
     artifact = adapted.artifact(MODEL)
     restored = AdaptedClip.from_artifact(artifact, MODEL, RUNTIME)
@@ -141,8 +132,8 @@ def test_an_artifact_of_another_layout_or_model_is_refused():
         AdaptedClip.from_artifact(artifact, {**MODEL, "name": "ViT-B-32"}, RUNTIME)
 
 
-def test_predict_builds_no_autograd_graph_and_matches_batches(images):
-    root, frame = images
+def test_predict_builds_no_autograd_graph_and_matches_batches(few_images):
+    root, frame = few_images
     adapted = _trained({"lora": {"r": 4}})
     adapted.train()
     grad_modes = []
@@ -158,8 +149,8 @@ def test_predict_builds_no_autograd_graph_and_matches_batches(images):
     assert_close(adapted.logits(batch).numpy(), whole[:2])
 
 
-def test_predicting_builds_no_optimiser_or_scaler(images, monkeypatch):
-    root, frame = images
+def test_predicting_builds_no_optimiser_or_scaler(few_images, monkeypatch):
+    root, frame = few_images
     artifact = _trained({"lora": {"r": 4}, "head": "linear"}).artifact(MODEL)
 
     def refuse(*args, **kwargs):

@@ -19,7 +19,6 @@ from clip_lora_pipeline.core.coop import CoOp, CoOpSettings
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import logits_from_adapter
 from clip_lora_pipeline.core.prompts import encode_text_trimmed
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.pipelines.lora.nodes import export_merged
 from tests.core.tiny import assert_close
 
@@ -162,18 +161,10 @@ def test_vit_b16_counts_are_the_official_codes():
 
 
 # Storing, predicting, exporting ------------------------------------------------------
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 3, "images_per_class": 3, "image_size": 32, "seed": 0}
-    Synthetic().prepare(root, **options)
-    return root, Synthetic().index(root, **options)[["path"]]
-
-
 @pytest.mark.parametrize("class_specific", [False, True])
-def test_the_adapter_predicts_through_core_predict_and_exports_unmerged(images,
+def test_the_adapter_predicts_through_core_predict_and_exports_unmerged(few_images,
                                                                         class_specific):
-    root, frame = images
+    root, frame = few_images
     adapted = _coop(class_specific=class_specific)
     artifact = adapted.artifact(MODEL)
     paths = [str(root / p) for p in frame["path"]]

@@ -21,7 +21,6 @@ from tests.core.test_train import (  # the LoRA tests' data and helpers
     _fit,
     _interrupted_at,
     _val_accuracy,
-    shapes,  # noqa: F401 (a fixture)
 )
 
 QUICK = {"method": "coop", "optimizer": "adamw", "weight_decay": 0.0, "warmup_epochs": 0,
@@ -33,7 +32,7 @@ QUICK = {"method": "coop", "optimizer": "adamw", "weight_decay": 0.0, "warmup_ep
     (False, 0.03, 0.12),  # one context: the class names alone tell the prompts apart
     (True, 0.01, 0.25),
 ])
-def test_coop_learns_for_every_seed(shapes, seed, class_specific, lr, margin):  # noqa: F811
+def test_coop_learns_for_every_seed(shapes, seed, class_specific, lr, margin):
     adapted = _adapted(shapes, seed=seed, **QUICK, lr=lr,
                        coop={"class_specific": class_specific})
     untrained = _val_accuracy(adapted, shapes)
@@ -53,7 +52,7 @@ SGD_WARMUP = {"method": "coop", "optimizer": "sgd", "lr": 0.1, "warmup_epochs": 
               "coop": {"class_specific": True}}
 
 
-def test_sgd_with_warm_up_and_cosine_resumes_to_the_same_result(shapes, tmp_path):  # noqa: F811
+def test_sgd_with_warm_up_and_cosine_resumes_to_the_same_result(shapes, tmp_path):
     straight = _adapted(shapes, **SGD_WARMUP)
     assert isinstance(TrainingLoop(straight).optimizer, torch.optim.SGD)
     expected = _fit(straight, shapes, checkpoint_dir=tmp_path / "a")

@@ -19,11 +19,9 @@ from clip_lora_pipeline.core.dropout import FastDropout
 from clip_lora_pipeline.core.lora import LoraSettings, peft_config, target_module_names
 from clip_lora_pipeline.core.report.methods import method_description
 from clip_lora_pipeline.core.trainable import trainable_count
-from tests.core import test_train
 from tests.core.test_train import _adapted, _assert_same_state, _fit, _interrupted_at
 from tests.core.tiny import assert_close, encode_both, fresh_tiny
 
-shapes = test_train.shapes  # the generated images and their split, a module fixture
 # What each variant adds, by peft's parameter names.
 PARTS = {"dora": "lora_magnitude_vector", "vera": "vera_lambda_b", "ia3": "ia3_l"}
 ALL = ("q", "k", "v", "o", "mlp")

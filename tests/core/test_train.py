@@ -27,28 +27,12 @@ from clip_lora_pipeline.core.durations import Pace
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.runtime import RuntimeSettings
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.core.train import TrainingError, TrainingLoop
 from clip_lora_pipeline.core.train_inputs import TrainingBatches
 from clip_lora_pipeline.core.training_step import training_loss
 from tests.core.tiny import assert_close
 
 FAST_LORA = {"r": 4, "alpha": 8, "dropout": 0.1}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 6, "images_per_class": 24, "image_size": 32, "seed": 0}
-    Synthetic().prepare(root, **options)
-    manifest = Synthetic().index(root, **options).sample(frac=1.0, random_state=0)
-    train, val = manifest.iloc[:96], manifest.iloc[96:]
-    names = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
-    return {
-        "train": ([str(root / p) for p in train["path"]], train["label"].tolist()),
-        "val": ([str(root / p) for p in val["path"]], val["label"].to_numpy()),
-        "names": names,
-    }
 
 
 def _adapted(shapes, seed=1, method="lora", lora=FAST_LORA, dtype=torch.float32,

@@ -25,11 +25,9 @@ from clip_lora_pipeline.core.two_stage import (
     fit_classifier,
     layernorm_names,
 )
-from tests.core import test_train
 from tests.core.test_train import _adapted, _assert_same_state, _fit, _interrupted_at
 from tests.core.tiny import assert_close, encode_both, fresh_tiny
 
-shapes = test_train.shapes  # the generated images and their split, a module fixture
 MODEL = {"name": TINY_MODEL, "pretrained": None, "checkpoint": None}
 RUNTIME = {"device": "cpu", "precision": "fp32", "batch_size": 8}
 # The tiny random model learns in a test's budget at this rate (2SFS's 2e-4 would not

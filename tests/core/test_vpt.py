@@ -21,7 +21,6 @@ from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.pooled_block import PooledTokenBlock
 from clip_lora_pipeline.core.report.methods import method_description
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.core.train import TrainingLoop
 from clip_lora_pipeline.core.train_inputs import TrainingBatches
 from clip_lora_pipeline.core.vpt import Vpt, VptSettings, prompt_bound
@@ -186,19 +185,6 @@ def test_the_report_line_names_the_method_and_its_settings():
 
 
 # Training --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 6, "images_per_class": 24, "image_size": 32, "seed": 0}
-    Synthetic().prepare(root, **options)
-    manifest = Synthetic().index(root, **options).sample(frac=1.0, random_state=0)
-    train, val = manifest.iloc[:96], manifest.iloc[96:]
-    names = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
-    return {"train": ([str(root / p) for p in train["path"]], train["label"].tolist()),
-            "val": ([str(root / p) for p in val["path"]], val["label"].to_numpy()),
-            "names": names}
-
-
 def _adapted(shapes, seed=1, depth="shallow", **overrides) -> AdaptedClip:
     entry = {"method": "vpt", "lr": 5e-2, "max_steps": 240, "batch_size": 16,
              "eval_every": 40, "checkpoint_every": 20, "crop_scale": [0.5, 1.0],

@@ -189,18 +189,18 @@ def generate(pipe, jobs: list[Job], root: Path, folder: Path, settings: Generate
              ) -> int:
     """Make the images of ``jobs`` not yet in ``folder`` (sources under ``root``), one
     pipeline call per (source, kind, strength); returns how many were made."""
-    todo = [job for job in jobs if not (folder / job.path).is_file()]
+    missing = [job for job in jobs if not (folder / job.path).is_file()]
     check_folder(folder, settings)
-    if todo and not (folder / SETTINGS_FILE).is_file():  # the first images: what made them
+    if missing and not (folder / SETTINGS_FILE).is_file():  # the first images: what made them
         with atomic_path(folder / SETTINGS_FILE) as staging:
             staging.write_text(json.dumps(settings.identity(), indent=2))
-    logger.info("generate: %d of %d images to make in %s (%d already there)", len(todo),
-                len(jobs), folder, len(jobs) - len(todo))
+    logger.info("generate: %d of %d images to make in %s (%d already there)", len(missing),
+                len(jobs), folder, len(jobs) - len(missing))
     groups: dict[tuple[str, str, float], list[Job]] = {}
-    for job in todo:
+    for job in missing:
         groups.setdefault((job.source, job.kind, job.strength), []).append(job)
     size = (settings.image_size, settings.image_size)
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="Generating images",
+    with tqdm(total=len(jobs), initial=len(jobs) - len(missing), desc="Generating images",
               unit="image") as bar:
         for (source, _, strength), group in groups.items():
             # The paper's load_img: any size to 512 x 512, LANCZOS.
@@ -215,7 +215,7 @@ def generate(pipe, jobs: list[Job], root: Path, folder: Path, settings: Generate
                 with atomic_path(folder / job.path) as staging:
                     made.save(staging, format="PNG")
             bar.update(len(group))
-    return len(todo)
+    return len(missing)
 
 
 def list_generated(folder: Path) -> pd.DataFrame:
