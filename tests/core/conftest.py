@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import socket
+import threading
+
 import pytest
 import torch
 
@@ -39,3 +43,41 @@ def few_images(tmp_path_factory):
     options = {"num_classes": 3, "images_per_class": 3, "image_size": 32, "seed": 0}
     Synthetic().prepare(root, **options)
     return root, Synthetic().index(root, **options)[["path"]]
+
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    truncate: set[str] = set()
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        self.requests.append(self.path)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path in self.truncate:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server():
+    """A real HTTP server on loopback serving ``handler.files`` (path -> bytes); paths in
+    ``handler.truncate`` are cut off halfway. Yields (handler, base URL)."""
+    _FileHandler.files, _FileHandler.truncate, _FileHandler.requests = {}, set(), []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield _FileHandler, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()

@@ -4,11 +4,9 @@ reads (github.com/xiaobai1217/Low-Resource-Vision), and figshare's API on loopba
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import socket
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -140,35 +138,11 @@ def test_configured_with_its_own_split_and_the_papers_prompt():
 # --------------------------------------------------------------------------- figshare
 
 
-class _Figshare(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    requests: list[str] = []
-
-    def do_GET(self):  # noqa: N802
-        self.requests.append(self.path)
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def figshare_server(monkeypatch):
-    _Figshare.files, _Figshare.requests = {}, []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Figshare)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    monkeypatch.setattr(Circuits, "figshare_api", base)
-    yield _Figshare, base
-    httpd.shutdown()
-    httpd.server_close()
+def figshare_server(file_server, monkeypatch):
+    """The loopback file server standing in for figshare's API and its downloads."""
+    monkeypatch.setattr(Circuits, "figshare_api", file_server[1])
+    return file_server
 
 
 def zipped_fixture(tmp_path: Path, make_image) -> bytes:

@@ -6,11 +6,9 @@ A real HTTP server on loopback stands in for the publisher.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import socket
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -23,42 +21,6 @@ from clip_lora_pipeline.core.download import (
     extract_archive,
     fetch,
 )
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    truncate: set[str] = set()
-    requests: list[str] = []
-
-    def do_GET(self):  # noqa: N802
-        self.requests.append(self.path)
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.path in self.truncate:
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    _Handler.files, _Handler.truncate, _Handler.requests = {}, set(), []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield _Handler, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _tgz(members: dict[str, bytes]) -> bytes:
@@ -75,8 +37,8 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def test_download_verifies_md5_and_renames(server, tmp_path):
-    handler, base = server
+def test_download_verifies_md5_and_renames(file_server, tmp_path):
+    handler, base = file_server
     handler.files["/a.bin"] = b"x" * 5000
     remote = RemoteFile(base + "/a.bin", "a.bin", "a.bin", md5=_md5(b"x" * 5000))
     path = download_file(remote, tmp_path)
@@ -84,8 +46,8 @@ def test_download_verifies_md5_and_renames(server, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
-def test_wrong_md5_keeps_nothing(server, tmp_path):
-    handler, base = server
+def test_wrong_md5_keeps_nothing(file_server, tmp_path):
+    handler, base = file_server
     handler.files["/a.bin"] = b"tampered"
     remote = RemoteFile(base + "/a.bin", "a.bin", "a.bin", md5=_md5(b"original"))
     with pytest.raises(DownloadError, match="md5"):
@@ -93,8 +55,8 @@ def test_wrong_md5_keeps_nothing(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_interrupted_transfer_leaves_no_file_that_looks_complete(server, tmp_path):
-    handler, base = server
+def test_interrupted_transfer_leaves_no_file_that_looks_complete(file_server, tmp_path):
+    handler, base = file_server
     handler.files["/big.bin"] = b"y" * 200_000
     handler.truncate.add("/big.bin")
     remote = RemoteFile(base + "/big.bin", "big.bin", "big.bin")  # no md5 published
@@ -104,16 +66,16 @@ def test_interrupted_transfer_leaves_no_file_that_looks_complete(server, tmp_pat
     assert not (tmp_path / "big.bin.part").exists()
 
 
-def test_file_already_present_is_not_downloaded_again(server, tmp_path):
-    handler, base = server
+def test_file_already_present_is_not_downloaded_again(file_server, tmp_path):
+    handler, base = file_server
     handler.files["/a.bin"] = b"abc"
     (tmp_path / "a.bin").write_bytes(b"abc")
     download_file(RemoteFile(base + "/a.bin", "a.bin", "a.bin", md5=_md5(b"abc")), tmp_path)
     assert handler.requests == []
 
 
-def test_corrupt_local_copy_is_replaced(server, tmp_path):
-    handler, base = server
+def test_corrupt_local_copy_is_replaced(file_server, tmp_path):
+    handler, base = file_server
     handler.files["/a.bin"] = b"abc"
     (tmp_path / "a.bin").write_bytes(b"ab")
     download_file(RemoteFile(base + "/a.bin", "a.bin", "a.bin", md5=_md5(b"abc")), tmp_path)
@@ -121,8 +83,8 @@ def test_corrupt_local_copy_is_replaced(server, tmp_path):
     assert handler.requests == ["/a.bin"]
 
 
-def test_fetch_extracts_archives_and_skips_what_is_there(server, tmp_path):
-    handler, base = server
+def test_fetch_extracts_archives_and_skips_what_is_there(file_server, tmp_path):
+    handler, base = file_server
     archive = _tgz({"jpg/image_00001.jpg": b"1", "jpg/image_00002.jpg": b"2"})
     handler.files["/imgs.tgz"] = archive
     handler.files["/labels.mat"] = b"labels"
