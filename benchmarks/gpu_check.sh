@@ -20,6 +20,7 @@
 #                steps/s, images/s, peak memory, MFU.
 #   3. loader    benchmarks/loader_throughput.py on --images (default
 #                ../shared/datasets/caltech101-mini); SKIP when the folder is missing.
+#                CUDA: also the new path with its cache and crops on the GPU.
 #   4. resume    benchmarks/resume_check.py: a LoRA run SIGKILLed after its first
 #                checkpoint resumes to the same result as an uninterrupted one (CUDA:
 #                also with runtime.deterministic, which must match exactly).
@@ -140,6 +141,9 @@ elif kind == "loader":
     result = f"new/old {ratio:.2f}x (its target >= 10x: {'met' if ratio >= 10 else 'missed'})"
     numbers = (f"old {d['old_img_per_s']:.1f} img/s, new {d['new_img_per_s']:.1f} img/s per "
                f"core; one-off decode {d.get('decode_s', float('nan')):.2f} s")
+    if "device_img_per_s" in d:
+        numbers += (f"; new on {d['device']} (cache there, host draws only): "
+                    f"{d['device_img_per_s']:.0f} img/s")
 elif kind == "resume":
     setting = (f"{d['model']}, {d.get('device', given)} {d.get('precision', '')}, "
                f"{d['total_steps']} steps, "
@@ -258,7 +262,8 @@ if compgen -G "$IMAGES/*" >/dev/null; then
   log="$OUT_DIR/loader.log" json="$OUT_DIR/loader.json" rc=0
   repeats=5
   if ((QUICK)); then repeats=1; fi
-  "$PY" benchmarks/loader_throughput.py "$IMAGES" --repeats "$repeats" >"$log" 2>&1 || rc=$?
+  "$PY" benchmarks/loader_throughput.py "$IMAGES" --repeats "$repeats" --device "$DEVICE" \
+    >"$log" 2>&1 || rc=$?
   last_json "$log" "$json" || true
   finish loader "$IMAGES, repeats $repeats" loader "$rc" "$log" "$json"
 else

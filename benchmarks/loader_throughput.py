@@ -2,6 +2,7 @@
 images decoded once (core.pixel_cache + core.augment).
 
     .venv/bin/python benchmarks/loader_throughput.py [FOLDER] [--repeats 5] [--batch 32]
+    .venv/bin/python benchmarks/loader_throughput.py [FOLDER] --device cuda
 
 FOLDER (default ../shared/datasets/caltech101-mini) holds the JPEGs, in class folders.
 One process, torch pinned to one thread, so the rates are per core:
@@ -17,7 +18,9 @@ each, and the median pass counts. Both paths' time is also split into their step
 old path's within its timed pass; the new path's in a separate pass that runs
 ``Augmentation.batch``'s parts one by one). As training on a CPU does, the script calls
 ``tune_cpu_allocator()`` first (``--plain-allocator`` skips it). Target: new >= 10x old
-per core.
+per core. With ``--device cuda`` the new path is also timed as training on a GPU runs
+it: the cache on the GPU, crops, resizes, flips and normalisation there, the host doing
+the draws (reported as ``device_img_per_s``, not per core).
 """
 
 from __future__ import annotations
@@ -94,6 +97,23 @@ def new_pass(cache: PixelCache, aug: Augmentation, batch: int, seed: int,
     return time.perf_counter() - start, parts
 
 
+def device_rate(paths: list[Path], aug: Augmentation, batch: int, repeats: int,
+                device: torch.device) -> tuple[float, float]:
+    """Images per second of the new path with the cache on ``device`` (the median of
+    ``repeats`` passes after a warm-up, each ending in a synchronisation), and the
+    seconds the cache took to build there."""
+    t = time.perf_counter()
+    cache = PixelCache.decode([str(p) for p in paths], SIZE, device)
+    build_s = time.perf_counter() - t
+    rates = []
+    for seed in range(repeats + 1):
+        start = time.perf_counter()
+        new_pass(cache, aug, batch, seed)
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        rates.append(len(paths) / (time.perf_counter() - start))
+    return statistics.median(rates[1:]), build_s
+
+
 def _upscaled(paths: list[Path], factor: float, folder: Path) -> list[Path]:
     out = []
     for index, path in enumerate(paths):
@@ -115,6 +135,8 @@ def main() -> None:
                         help="first write the photos enlarged by this factor (JPEG q90) to "
                              "a temporary folder: caltech101-mini's are ~300 x 200, the "
                              "benchmark datasets' photos ~500 x 500 and more")
+    parser.add_argument("--device", default="cpu",
+                        help="also time the new path with its cache on this device (cuda)")
     args = parser.parse_args()
     paths = sorted(p for p in args.folder.rglob("*")
                    if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
@@ -151,6 +173,14 @@ def main() -> None:
     old_parts = {k: 1e3 * statistics.median(s[k] for s in old_split) / n
                  for k in old_split[0]}
 
+    on_device = {}
+    if args.device != "cpu":
+        rate, build_s = device_rate(paths, aug, args.batch, args.repeats,
+                                    torch.device(args.device))
+        on_device = {"device": args.device, "device_img_per_s": rate,
+                     "device_cache_build_s": build_s}
+        print(f"new on {args.device}: {rate:.1f} img/s (cache built in {build_s:.2f} s)")
+
     enlarged = f" enlarged {args.upscale}x" if args.upscale else ""
     print(f"### {n} images from {args.folder.name}{enlarged}, batch {args.batch}, torch "
           f"{torch.__version__}, 1 thread, {args.repeats} alternating passes each, "
@@ -166,7 +196,8 @@ def main() -> None:
     print(json.dumps({"old_img_per_s": old_rate, "new_img_per_s": new_rate,
                       "ratio": new_rate / old_rate, "decode_s": decode_s,
                       "cache_bytes": cache_bytes, "allocator_tuned": tuned,
-                      "old_ms_per_image": old_parts, "new_ms_per_image": parts}))
+                      "old_ms_per_image": old_parts, "new_ms_per_image": parts,
+                      **on_device}))
 
 
 if __name__ == "__main__":
