@@ -2,7 +2,8 @@
 the smoke environment in a temporary copy of the project: a second run runs nothing, a
 new prompt set runs only its own nodes and the reports, a changed ``max_steps`` reruns
 that method and its reports, an edited node function reruns it and what depends on it,
-and a run killed mid-node recomputes that node and nothing before it."""
+a run killed mid-node recomputes that node and nothing before it, and an image rewritten
+in place reruns what reads it but no training."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
+from PIL import Image
 
-from tests.conftest import copy_project, run_kedro
+from tests.conftest import copy_project, run_kedro, write_image
 
 CELL = "shots_8_seed_1"
 PROMPTS = """prompt_sets:
@@ -126,3 +129,23 @@ def test_a_killed_run_recomputes_that_node_and_nothing_before_it(project):
     ran, _ = _ran(project, "--params", "adaptation_methods.lora.max_steps=200")
     assert ran[0] == f"synthetic.{CELL}.train_lora", ran
     assert all("lora" in name or _reporting(name) for name in ran), ran
+
+
+def test_an_image_rewritten_in_place_reruns_what_reads_it_and_retrains_nothing(project):
+    # Only download and validate read the dataset's folder; later nodes see an image's
+    # change through the content hashes their input tables carry. A test image rewritten
+    # in place (same path, same size) is encoded again and every method scored again,
+    # while the few-shot sample, so every training, and the class names stay as they were.
+    args = ("--params", "adaptation_methods.lora.max_steps=200")  # as the killed run
+    test = pd.read_parquet(project / "data/03_primary/synthetic/test.parquet")
+    image = project / "data/01_raw/synthetic" / test["path"].iloc[0]
+    with Image.open(image) as old:
+        size, fmt = old.size, old.format
+    write_image(image, size=size, fmt=fmt, seed=99)
+    ran, log = _ran(project, *args)
+    assert {"synthetic.validate", "synthetic.split", "synthetic.encode_test",
+            f"synthetic.{CELL}.evaluate_lora"} <= set(ran), ran
+    assert not any(".train_" in name or "text_classifier" in name for name in ran), ran
+    assert "Running synthetic.encode_test: input synthetic.test changed" in log
+    ran, _ = _ran(project, *args)
+    assert ran == []

@@ -88,7 +88,7 @@ def clip_lora_pipeline_sweep():
 
     with TaskGroup("eurosat"):
         data = kedro_nodes.override(task_id="data", pool=GPU_POOL)(
-            label="eurosat", node_names=["eurosat.download", "eurosat.text_classifier_dataset", "eurosat.text_classifier_ensemble", "eurosat.text_classifier_simple", "eurosat.validate", "eurosat.split", "eurosat.encode_test", "eurosat.zero_shot_dataset", "eurosat.zero_shot_ensemble", "eurosat.zero_shot_simple"])
+            label="eurosat", node_names=["eurosat.download", "eurosat.classes", "eurosat.validate", "eurosat.split", "eurosat.text_classifier_dataset", "eurosat.text_classifier_ensemble", "eurosat.text_classifier_simple", "eurosat.encode_test", "eurosat.zero_shot_dataset", "eurosat.zero_shot_ensemble", "eurosat.zero_shot_simple"])
         prepare = kedro_nodes.override(task_id="prepare", pool=GPU_POOL).expand_kwargs([
             {"label": "shots_16_seed_1", "node_names": ["eurosat.shots_16_seed_1.few_shot", "eurosat.shots_16_seed_1.encode_few_shot", "eurosat.shots_16_seed_1.encode_views"]},
             {"label": "shots_16_seed_2", "node_names": ["eurosat.shots_16_seed_2.few_shot", "eurosat.shots_16_seed_2.encode_few_shot", "eurosat.shots_16_seed_2.encode_views"]},
@@ -252,7 +252,7 @@ def clip_lora_pipeline_sweep():
 
     with TaskGroup("flowers102"):
         data = kedro_nodes.override(task_id="data", pool=GPU_POOL)(
-            label="flowers102", node_names=["flowers102.download", "flowers102.text_classifier_dataset", "flowers102.text_classifier_ensemble", "flowers102.text_classifier_simple", "flowers102.validate", "flowers102.split", "flowers102.encode_test", "flowers102.zero_shot_dataset", "flowers102.zero_shot_ensemble", "flowers102.zero_shot_simple"])
+            label="flowers102", node_names=["flowers102.download", "flowers102.classes", "flowers102.validate", "flowers102.split", "flowers102.text_classifier_dataset", "flowers102.text_classifier_ensemble", "flowers102.text_classifier_simple", "flowers102.encode_test", "flowers102.zero_shot_dataset", "flowers102.zero_shot_ensemble", "flowers102.zero_shot_simple"])
         prepare = kedro_nodes.override(task_id="prepare", pool=GPU_POOL).expand_kwargs([
             {"label": "shots_16_seed_1", "node_names": ["flowers102.shots_16_seed_1.few_shot", "flowers102.shots_16_seed_1.encode_few_shot", "flowers102.shots_16_seed_1.encode_views"]},
             {"label": "shots_16_seed_2", "node_names": ["flowers102.shots_16_seed_2.few_shot", "flowers102.shots_16_seed_2.encode_few_shot", "flowers102.shots_16_seed_2.encode_views"]},

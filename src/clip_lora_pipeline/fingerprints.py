@@ -5,7 +5,11 @@ A node's fingerprint hashes
 - each input's content: a parameter's value; a dataset's file content, taken from the
   record its producer wrote (the file's sha256, checked against its size and mtime) or
   hashed afresh; a folder that a parameter names (``root``, ``input``): its files'
-  relative paths and contents (hashed again only where size or mtime changed);
+  relative paths and contents (hashed again only where size or mtime changed). A
+  dataset's own folder counts only for the nodes that read it directly (tagged
+  ``reads_dataset_folder``: download, validate): the others read its images by the paths
+  of tables that carry each image's content hash (validate's ``content_hash``), so they
+  depend on those images' content, and on no other file, through their input tables;
 - the arguments bound to the node function (``functools.partial``: name, shots, seed);
 - its code: the function's source, the same-module functions it calls, and the source
   of every project module its module imports, transitively.
@@ -42,6 +46,8 @@ FOLDER_KEYS = ("root", "input")  # parameter keys whose value names a folder rea
 RECORD_DIR = Path("data/.fingerprints")  # where no parameter names the folder
 RECORDS_PARAMETER = "fingerprint_records"
 VOLATILE = "volatile"  # the tag of nodes that read state outside the catalog: always run
+DATASET_SETTINGS = "params:dataset_configs."  # a dataset's entry, whose root is its folder
+READS_DATASET_FOLDER = "reads_dataset_folder"  # the tag of nodes that list or read it
 _CHUNK = 1 << 20
 
 
@@ -137,10 +143,12 @@ class Ledger:
             self._folders[root] = self.files.folder(root)
         return self._folders[root]
 
-    def input_fingerprint(self, name: str) -> str:
+    def input_fingerprint(self, name: str, folders: bool = True) -> str:
+        """``folders``: whether the folders a parameter names are part of it."""
         if name.startswith("params:") or name == "parameters":
             value = self.catalog.get(name).load()  # not catalog.load: it logs each load
-            return digest(value, [self._folder(f) for f in folders_named(value)])
+            named = folders_named(value) if folders else ()
+            return digest(value, [self._folder(f) for f in named])
         path = self._filepath(name)
         if path is None:
             return "in memory"
@@ -153,7 +161,10 @@ class Ledger:
 
     def fingerprint(self, node) -> dict[str, Any]:
         code, bound = node_code(node.func)
-        return {"inputs": {name: self.input_fingerprint(name) for name in node.inputs},
+        reads_folder = READS_DATASET_FOLDER in node.tags
+        return {"inputs": {name: self.input_fingerprint(
+                    name, folders=reads_folder or not name.startswith(DATASET_SETTINGS))
+                           for name in node.inputs},
                 "code": code, "bound": digest(bound)}
 
     def reasons(self, node, parts: dict[str, Any]) -> list[str]:

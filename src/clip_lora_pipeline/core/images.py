@@ -144,12 +144,11 @@ def check_images(paths: list[Path], num_workers: int | None = None) -> list[Imag
         )
 
 
-def cached_checks(paths: list[Path], cache: str | Path,
+def cached_checks(paths: list[Path], hashes: list[str | None], cache: str | Path,
                   num_workers: int | None = None) -> list[ImageCheck]:
     """``check_images``, read back from the validation cache (``core.validation_store``)
-    for every file whose content it holds; the files checked are added to it."""
+    for every file whose content (``hashes``) it holds; the files checked are added to it."""
     store = ValidationStore(cache)
-    hashes = content_hashes(paths)
     checks = [None if r is None else ImageCheck(**r) for r in store.lookup(hashes)]
     to_check = [i for i, check in enumerate(checks) if check is None]
     fresh = check_images([paths[i] for i in to_check], num_workers) if to_check else []
@@ -182,8 +181,11 @@ def validate_images(
     """Decode every image of ``manifest`` once, in parallel threads; with a ``cache``
     folder, only those whose content it has no result for (``cached_checks``).
 
-    Returns the manifest of good images (with width, height and original mode) and
-    a table of rejected files with their reason. With ``on_bad_image='fail'`` any
+    Returns the manifest of good images (with width, height, original mode and
+    ``content_hash``, ``core.store.file_hash`` of the bytes checked) and a table of
+    rejected files with their reason. Every table made from the good images carries
+    each image's content hash, so a node that reads images by their paths depends on
+    their content through its input tables (``fingerprints``). With ``on_bad_image='fail'`` any
     rejection raises, listing the first few files; a class left without a readable
     image always raises. Both errors carry the rejected table (``BadImagesError.rejected``).
     """
@@ -192,7 +194,8 @@ def validate_images(
             f"validation.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}."
         )
     paths = [root / p for p in manifest["path"]]
-    checks = cached_checks(paths, cache, num_workers) if cache else check_images(
+    hashes = content_hashes(paths)
+    checks = cached_checks(paths, hashes, cache, num_workers) if cache else check_images(
         paths, num_workers)
     reasons = pd.Series([c.reason for c in checks], index=manifest.index, dtype="string")
     bad = reasons.notna()
@@ -212,6 +215,7 @@ def validate_images(
     good["width"] = pd.array([c.width for c, b in zip(checks, bad) if not b], dtype="int64")
     good["height"] = pd.array([c.height for c, b in zip(checks, bad) if not b], dtype="int64")
     good["mode"] = pd.array([c.mode for c, b in zip(checks, bad) if not b], dtype="string")
+    good["content_hash"] = pd.array([h for h, b in zip(hashes, bad) if not b], dtype="string")
     return good.reset_index(drop=True), rejected
 
 

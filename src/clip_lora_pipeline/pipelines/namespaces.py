@@ -19,8 +19,8 @@ from kedro.pipeline import Pipeline
 from clip_lora_pipeline.core.cells import Cell
 
 # Outputs made once per dataset that cell nodes read.
-DATASET_LEVEL = {"manifest", "images", "rejected_images", "train_pool", "val_pool", "test",
-                 "test_embeddings"}
+DATASET_LEVEL = {"manifest", "classes", "images", "rejected_images", "train_pool", "val_pool",
+                 "test", "test_embeddings"}
 
 
 def covered(datasets: list[str]) -> str:

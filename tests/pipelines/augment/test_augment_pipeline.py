@@ -15,6 +15,7 @@ from kedro.runner import SequentialRunner
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.core import train_inputs
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.datasets import CSVDataset, JSONDataset
 from clip_lora_pipeline.pipeline_registry import register_pipelines
@@ -74,7 +75,7 @@ def test_generated_images_are_made_once_and_train_lora(tmp_path, data):
         "params:checkpoint_root": MemoryDataset(str(tmp_path / "checkpoints")),
         "params:embedding_store": MemoryDataset(str(tmp_path / "store")),
         "params:adaptation_methods.lora_generated": MemoryDataset(entry),
-        "shapes.manifest": MemoryDataset(manifest), "shapes.test": MemoryDataset(test),
+        "shapes.classes": MemoryDataset(class_table(manifest)), "shapes.test": MemoryDataset(test),
         f"{OUT}.train": MemoryDataset(train), f"{OUT}.val": MemoryDataset(val),
         f"{OUT}.adapted_lora_generated_summary": JSONDataset(
             filepath=str(tmp_path / "summary.json")),

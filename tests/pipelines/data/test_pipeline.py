@@ -46,7 +46,7 @@ def _run(workdir, shots=4, seed=1) -> dict[str, pd.DataFrame]:
 def test_pipeline_nodes_are_namespaced_by_dataset_and_cell():
     pipeline = for_dataset("shapes") + for_cell("shapes", Cell(4, 2))
     assert {n.name for n in pipeline.nodes} == {
-        "shapes.download", "shapes.validate", "shapes.split", "shapes.shots_4_seed_2.few_shot"
+        "shapes.download", "shapes.validate", "shapes.classes", "shapes.split", "shapes.shots_4_seed_2.few_shot"
     }
     assert "params:dataset_configs.shapes" in pipeline.inputs()
     # The cell's shots and seed are fixed in its node, not read from parameters.

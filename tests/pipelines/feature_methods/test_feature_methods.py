@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.methods.registry import FEATURE_METHODS, from_artifact
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.splits import sample_few_shot
@@ -34,7 +35,8 @@ def shapes(tmp_path_factory):
     encode = zero_shot_nodes.encode_test
     tables = {name: encode(frame, dataset, MODEL, RUNTIME)
               for name, frame in (("train", train_pool), ("val", val_pool), ("test", test))}
-    classifier = zero_shot_nodes.text_classifier(manifest, dataset, "simple", MODEL, RUNTIME)
+    classifier = zero_shot_nodes.text_classifier(class_table(manifest), dataset, "simple", MODEL,
+                                                  RUNTIME)
     return dataset, manifest, tables, classifier
 
 
@@ -53,7 +55,7 @@ def _fit(shapes, kind, cell, test=None):
     train, val, views = cell
     method = FEATURE_METHODS[kind]
     return fit_feature_method(
-        train, val, tables["test"] if test is None else test, manifest,
+        train, val, tables["test"] if test is None else test, class_table(manifest),
         {"method": kind, **FAST.get(kind, {})}, name=kind, shots=SHOTS, seed=1,
         classifier=classifier if method.uses_text else None,
         train_views=views if method.uses_views else None)
@@ -104,7 +106,7 @@ def test_the_cell_seed_seeds_training_unless_the_entry_sets_one(shapes, cells):
     train, val, views = cells[1]
 
     def fit(cell_seed, **entry):
-        return fit_feature_method(train, val, tables["test"], manifest,
+        return fit_feature_method(train, val, tables["test"], class_table(manifest),
                                   {"method": "tip_adapter_f", "train_epoch": 2, **entry},
                                   name="f", shots=SHOTS, seed=cell_seed, classifier=classifier,
                                   train_views=views)

@@ -10,6 +10,7 @@ from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset, SafetensorsDataset
 from clip_lora_pipeline.pipelines.lora import nodes
@@ -47,7 +48,7 @@ def _catalog(tmp_path, data):
         "params:embedding_store": MemoryDataset(str(tmp_path / "store")),
         **{f"params:adaptation_methods.{m}": MemoryDataset(v) for m, v in METHODS.items()},
     }
-    for name, frame in (("manifest", manifest), ("test", test)):
+    for name, frame in (("classes", class_table(manifest)), ("test", test)):
         entries[f"shapes.{name}"] = MemoryDataset(frame)
     for name, frame in (("train", train), ("val", val)):
         entries[f"{OUT}.{name}"] = MemoryDataset(frame)
@@ -122,7 +123,7 @@ def test_another_precision_trains_afresh_instead_of_resuming(tmp_path, data):
     dataset, manifest, train, val, _ = data
     entry = {**METHODS["bitfit"], "max_steps": 2, "eval_every": None, "checkpoint_every": 1}
     folders = [
-        nodes.train_adapter(train, val, manifest, dataset, MODEL,
+        nodes.train_adapter(train, val, class_table(manifest), dataset, MODEL,
                             {**RUNTIME, "device": "cpu", "precision": precision}, 4, entry,
                             str(tmp_path), name="bitfit", seed=1)[2]["checkpoint"]
         for precision in ("fp32", "bf16")]
@@ -137,10 +138,10 @@ def test_coop_trains_for_its_epochs_by_shots(tmp_path, data):
     entry = {"method": "coop", "epochs": {1: 1, 4: 2}, "batch_size": 16, "eval_every": None,
              "warmup_epochs": 0}
     runtime = {**RUNTIME, "device": "cpu", "precision": "fp32"}
-    summary = nodes.train_adapter(train, val, manifest, dataset, MODEL, runtime, 4, entry,
+    summary = nodes.train_adapter(train, val, class_table(manifest), dataset, MODEL, runtime, 4, entry,
                                   str(tmp_path), name="coop", seed=1)[2]
     assert summary["steps"] == 2 * -(-len(train) // 16)
     with pytest.raises(ValueError, match=r"^adaptation_methods\.coop\.epochs maps shots to "
                                          r"epochs, but shots is null"):
-        nodes.train_adapter(train, val, manifest, dataset, MODEL, runtime, None, entry,
+        nodes.train_adapter(train, val, class_table(manifest), dataset, MODEL, runtime, None, entry,
                             str(tmp_path), name="coop", seed=1)

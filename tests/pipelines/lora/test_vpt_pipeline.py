@@ -11,6 +11,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import logits_from_adapter
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset, SafetensorsDataset
@@ -40,7 +41,7 @@ def run(tmp_path_factory):
         "params:checkpoint_root": MemoryDataset(str(out / "checkpoints")),
         "params:embedding_store": MemoryDataset(str(out / "store")),
         "params:adaptation_methods.vpt": MemoryDataset(VPT),
-        "shapes.manifest": MemoryDataset(manifest), "shapes.test": MemoryDataset(test),
+        "shapes.classes": MemoryDataset(class_table(manifest)), "shapes.test": MemoryDataset(test),
         f"{OUT}.train": MemoryDataset(train), f"{OUT}.val": MemoryDataset(val),
         f"{PREFIX}_adapter": SafetensorsDataset(str(out / "adapter.safetensors")),
         f"{PREFIX}_merged_model": SafetensorsDataset(str(out / "merged.safetensors")),

@@ -15,6 +15,7 @@ from kedro.runner import SequentialRunner
 
 from clip_lora_pipeline import project_config
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.methods.registry import FEATURE_METHODS
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.core.predict import PredictSettings, find_images, top_k_table
@@ -56,22 +57,23 @@ def shapes(tmp_path_factory):
 def models(shapes, tmp_path_factory):
     """Each kind of model with its own evaluation's predictions on the test split."""
     dataset, manifest, train, val, test = shapes
+    classes = class_table(manifest)
     train_emb, val_emb = zero_shot_nodes.encode_few_shot(train, val, dataset, MODEL, RUNTIME)
     test_emb = zero_shot_nodes.encode_test(test, dataset, MODEL, RUNTIME)
-    classifier = zero_shot_nodes.text_classifier(manifest, dataset, "simple", MODEL, RUNTIME)
+    classifier = zero_shot_nodes.text_classifier(classes, dataset, "simple", MODEL, RUNTIME)
     _, _, zero_shot_predictions = zero_shot_nodes.zero_shot(test_emb, classifier)
     views = encode_views(train, dataset, MODEL, RUNTIME, {"n_views": 2}, seed=1)
     features = {}
     for kind in FEATURES:
         method = FEATURE_METHODS[kind]
         artifact, _, _, predictions = fit_feature_method(
-            train_emb, val_emb, test_emb, manifest, {"method": kind, **FAST.get(kind, {})},
+            train_emb, val_emb, test_emb, classes, {"method": kind, **FAST.get(kind, {})},
             name=kind, shots=3, seed=1, classifier=classifier if method.uses_text else None,
             train_views=views if method.uses_views else None)
         features[kind] = (artifact, predictions)
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     adapter, _, summary = lora_nodes.train_adapter(
-        train, val, manifest, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints), name="lora",
+        train, val, classes, dataset, MODEL, RUNTIME, 3, LORA, str(checkpoints), name="lora",
         seed=1)
     _, _, lora_predictions = lora_nodes.evaluate_adapter(
         test, adapter, summary, dataset, MODEL, RUNTIME)

@@ -15,6 +15,7 @@ from kedro.runner import SequentialRunner
 from safetensors.torch import save_file
 
 from clip_lora_pipeline.core.images import load_rgb
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.datasets import JSONDataset, ParquetDataset
 from clip_lora_pipeline.pipelines.zero_shot import nodes
@@ -41,7 +42,7 @@ def test_zero_shot_logits_equal_direct_open_clip(data, tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
     params = {"name": TINY_MODEL, "pretrained": None, "checkpoint": str(checkpoint)}
     test_emb = nodes.encode_test(test, dataset, params, RUNTIME)
-    classifier = nodes.text_classifier(manifest, dataset, "simple", params, RUNTIME)
+    classifier = nodes.text_classifier(class_table(manifest), dataset, "simple", params, RUNTIME)
     logits = nodes.zero_shot_logits(test_emb, classifier)
 
     tokenizer = open_clip.get_tokenizer(TINY_MODEL)
@@ -64,7 +65,7 @@ def test_zero_shot_logits_equal_direct_open_clip(data, tmp_path):
 
 def test_classifier_uses_class_names_in_label_order(data):
     dataset, manifest, *_ = data
-    classifier = nodes.text_classifier(manifest, dataset, "ensemble", MODEL, RUNTIME)
+    classifier = nodes.text_classifier(class_table(manifest), dataset, "ensemble", MODEL, RUNTIME)
     expected = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
     assert classifier["class_name"].tolist() == expected
     assert classifier["n_templates"].iloc[0] == 80
@@ -123,7 +124,8 @@ def _catalog(workdir, dataset, manifest, train, val, test):
         "params:prompt_sets.simple": MemoryDataset("simple"),
         "params:embedding_store": MemoryDataset(str(workdir / "store")),
     }
-    for name, frame in (("manifest", manifest), ("train", train), ("val", val), ("test", test)):
+    for name, frame in (("classes", class_table(manifest)), ("train", train), ("val", val),
+                        ("test", test)):
         entries[f"shapes.{name}"] = MemoryDataset(frame)
     for name in ("train_embeddings", "val_embeddings", "test_embeddings",
                  "text_classifier_simple", "zero_shot_simple_per_class",

@@ -10,6 +10,7 @@ import pandas as pd
 from clip_lora_pipeline.core.dataset_settings import DatasetSettings
 from clip_lora_pipeline.core.download import fetch
 from clip_lora_pipeline.core.images import validate_images
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.sources import get_source
 from clip_lora_pipeline.core.splits import (
     check_classes_present,
@@ -52,6 +53,12 @@ def download(dataset: dict[str, Any], download_options: dict[str, Any]) -> pd.Da
         manifest["label"].nunique(), split_file or f"protocol {settings.protocol}",
     )
     return manifest
+
+
+def classes(manifest: pd.DataFrame) -> list[str]:
+    """The class names in label order: what the text classifiers and training take of the
+    dataset, so adding images to existing classes leaves them to their records."""
+    return class_table(manifest)
 
 
 def validate(

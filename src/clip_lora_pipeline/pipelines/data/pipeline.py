@@ -4,8 +4,15 @@
 from kedro.pipeline import Node, Pipeline
 
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.fingerprints import READS_DATASET_FOLDER
 from clip_lora_pipeline.pipelines import namespaces
-from clip_lora_pipeline.pipelines.data.nodes import download, few_shot, split, validate
+from clip_lora_pipeline.pipelines.data.nodes import (
+    classes,
+    download,
+    few_shot,
+    split,
+    validate,
+)
 
 # Parameters shared by every dataset namespace (not prefixed with the namespace).
 DATASET_PARAMETERS = {"params:download", "params:validation", "params:split"}
@@ -15,13 +22,18 @@ CELL_PARAMETERS = {"params:val_shots"}
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(download, ["params:dataset", "params:download"], "manifest", name="download"),
+            # The two nodes that read the dataset's folder itself (later ones read the images
+            # that validate lists, with their content hashes).
+            Node(download, ["params:dataset", "params:download"], "manifest", name="download",
+                 tags=READS_DATASET_FOLDER),
             Node(
                 validate,
                 ["manifest", "params:dataset", "params:validation"],
                 ["images", "rejected_images"],
                 name="validate",
+                tags=READS_DATASET_FOLDER,
             ),
+            Node(classes, "manifest", "classes", name="classes"),
             Node(
                 split, ["images", "params:split"], ["train_pool", "val_pool", "test"],
                 name="split",

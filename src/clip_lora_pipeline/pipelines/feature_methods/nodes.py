@@ -13,7 +13,6 @@ import torch
 
 from clip_lora_pipeline.core import storage, views
 from clip_lora_pipeline.core.embed import embeddings_matrix
-from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.methods.base import FeatureSet
 from clip_lora_pipeline.core.methods.registry import get_feature_method, to_artifact
 from clip_lora_pipeline.core.metrics import evaluate
@@ -38,7 +37,7 @@ def _features(train: pd.DataFrame, val: pd.DataFrame, n_classes: int,
 
 def fit_feature_method(
     train_embeddings: pd.DataFrame, val_embeddings: pd.DataFrame,
-    test_embeddings: pd.DataFrame, manifest: pd.DataFrame, params: dict[str, Any], *,
+    test_embeddings: pd.DataFrame, classes: list[str], params: dict[str, Any], *,
     name: str, shots: int | None, seed: int, classifier: pd.DataFrame | None = None,
     train_views: pd.DataFrame | None = None,
 ) -> Outputs:
@@ -50,7 +49,6 @@ def fit_feature_method(
     settings = method.settings(params)
     if "seed" not in params and any(f.name == "seed" for f in dataclasses.fields(settings)):
         settings = dataclasses.replace(settings, seed=seed)
-    classes = class_table(manifest)
     view_array = None if train_views is None else views.views_array(train_views)
     data = _features(train_embeddings, val_embeddings, len(classes), classifier, view_array)
     memory = PeakMemory(torch.device("cpu")).start()

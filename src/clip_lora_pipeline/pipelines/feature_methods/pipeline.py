@@ -16,7 +16,7 @@ from clip_lora_pipeline.pipelines.feature_methods.nodes import (
 
 def method_node(entry: FeatureMethodEntry, cell: Cell) -> Node:
     inputs = {"train_embeddings": "train_embeddings", "val_embeddings": "val_embeddings",
-              "test_embeddings": "test_embeddings", "manifest": "manifest",
+              "test_embeddings": "test_embeddings", "classes": "classes",
               "params": f"params:feature_methods.{entry.name}"}
     if entry.prompt_set is not None:
         inputs["classifier"] = f"text_classifier_{entry.prompt_set}"

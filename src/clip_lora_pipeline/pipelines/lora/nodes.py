@@ -10,13 +10,12 @@ import pandas as pd
 from clip_lora_pipeline.core.adapted import AdaptedClip
 from clip_lora_pipeline.core.adapted_eval import score_adapter
 from clip_lora_pipeline.core.attention import open_clip_state_dict
-from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.model_id import uses_quick_gelu
 from clip_lora_pipeline.core.train_cell import CellJob, train_cell
 
 
 def train_adapter(
-    train: pd.DataFrame, val: pd.DataFrame, manifest: pd.DataFrame, dataset: dict[str, Any],
+    train: pd.DataFrame, val: pd.DataFrame, classes: list[str], dataset: dict[str, Any],
     model_params: dict[str, Any], runtime: dict[str, Any], shots: int | None,
     method: dict[str, Any], checkpoint_root: str, name: str, seed: int,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
@@ -31,7 +30,7 @@ def train_adapter(
     """
     result = train_cell(CellJob(
         model_params, runtime, name, method, dataset["root"], train[["path", "label"]],
-        val[["path", "label"]], class_table(manifest), shots, seed, checkpoint_root))
+        val[["path", "label"]], classes, shots, seed, checkpoint_root))
     return result.adapter, result.history, result.summary
 
 

@@ -21,7 +21,7 @@ def create_pipeline(methods: list[str], cell: Cell) -> Pipeline:
         nodes += [
             Node(
                 namespaces.bound(train_adapter, shots=cell.shots, seed=cell.seed, name=method),
-                {"train": "train", "val": "val", "manifest": "manifest",
+                {"train": "train", "val": "val", "classes": "classes",
                  "dataset": "params:dataset", "model_params": "params:model",
                  "runtime": "params:runtime", "method": f"params:adaptation_methods.{method}",
                  "checkpoint_root": "params:checkpoint_root"},

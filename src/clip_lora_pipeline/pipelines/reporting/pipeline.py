@@ -9,6 +9,7 @@ import warnings
 from kedro.pipeline import Node, Pipeline
 
 from clip_lora_pipeline.core.cells import Cell
+from clip_lora_pipeline.fingerprints import READS_DATASET_FOLDER
 from clip_lora_pipeline.pipelines import namespaces
 from clip_lora_pipeline.pipelines.reporting.nodes import (
     comparison,
@@ -53,7 +54,9 @@ def create_pipeline(dataset: str, prompt_sets: list[str], feature_methods: list[
             Node(_bound(prediction_grid, title=f"{label}: sample predictions"),
                  [f"{prefix}_predictions", "params:dataset"],
                  f"report_prediction_grid_{method}",
-                 name=f"report_prediction_grid_{method}", tags=["reporting"]),
+                 # its thumbnails are read from the dataset's folder by path
+                 name=f"report_prediction_grid_{method}",
+                 tags=["reporting", READS_DATASET_FOLDER]),
         ]
         section_inputs |= {f"confusion__{method}": f"report_confusion_{method}",
                            f"grid__{method}": f"report_prediction_grid_{method}",

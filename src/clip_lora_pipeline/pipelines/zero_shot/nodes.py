@@ -15,7 +15,6 @@ from clip_lora_pipeline.core.embed import (
     embeddings_table,
     encode_images,
 )
-from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.metrics import evaluate
 from clip_lora_pipeline.core.model_id import model_slug
 from clip_lora_pipeline.core.models import shared_model_for
@@ -86,7 +85,7 @@ def encode_few_shot(
 
 
 def text_classifier(
-    manifest: pd.DataFrame,
+    classes: list[str],
     dataset: dict[str, Any],
     prompt_set: str | list[str],
     model_params: dict[str, Any],
@@ -94,7 +93,6 @@ def text_classifier(
 ) -> pd.DataFrame:
     """One normalised text embedding per class (label order), with the logit scale."""
     loaded = shared_model_for(model_params, runtime)
-    classes = class_table(manifest)
     templates = templates_for(prompt_set, dataset["source"])
     weights = build_text_classifier(
         loaded.model, loaded.tokenizer, classes, templates, loaded.device

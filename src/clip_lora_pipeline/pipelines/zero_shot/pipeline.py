@@ -36,7 +36,7 @@ def create_cell_embeddings_pipeline() -> Pipeline:
 def text_classifier_node(prompt_set: str) -> Node:
     return Node(
         text_classifier,
-        ["manifest", "params:dataset", f"params:prompt_sets.{prompt_set}",
+        ["classes", "params:dataset", f"params:prompt_sets.{prompt_set}",
          "params:model", "params:runtime"],
         f"text_classifier_{prompt_set}",
         name=f"text_classifier_{prompt_set}",
