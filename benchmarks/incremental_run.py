@@ -4,10 +4,16 @@ one after adding 10% new images, each timed.
     .venv/bin/python benchmarks/incremental_run.py [../shared/datasets/caltech101-mini]
 
 In a temporary copy of the project (code and conf, an empty data/), with an environment
-``bench`` made for it: the photos as an ``image_folder`` dataset without split folders
-(so the hash split applies), ViT-B-32 with random weights (no download; the speed is
-that of the real model), 2 shots, the default feature methods, LoRA and BitFit for 20
-steps each. 10% of each class's photos are held back and copied in before the third run.
+``bench`` made for it: the photos as an ``image_folder`` dataset, ViT-B-32 with random
+weights (no download; the speed is that of the real model), 2 shots, the default
+feature methods, LoRA and BitFit for 20 steps each. 10% of each class's photos are held
+back and copied in before the third run. Two layouts, each in its own copy:
+
+- ``class folders`` (no split folders, so the hash split applies): the added photos
+  join train, val or test by their hash, and may enter the few-shot sample;
+- ``split folders`` (``train/`` and ``test/``; val carved from train): the added photos
+  go to ``test/``, as when a user grows the evaluation set.
+
 Targets (issue 14): the unchanged rerun under 10% of the first run's time, the 10%
 addition under 25%.
 """
@@ -52,14 +58,19 @@ def _copy_project(root: Path) -> None:
         (root / "conf" / "bench" / name).write_text(text)
 
 
-def _split_photos(source: Path, kept: Path, held: Path) -> int:
+def _split_photos(source: Path, kept: Path, held: Path, split_folders: bool) -> int:
     """Copy the class folders into ``kept``, holding back every tenth photo per class
-    into ``held``; returns how many were held back."""
+    into ``held``; returns how many were held back. ``split_folders``: every third kept
+    photo goes under ``test/``, the others under ``train/``, and those held back under
+    ``test/``."""
     count = 0
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg"})
         for index, photo in enumerate(photos):
-            target = (held if index % 10 == 9 else kept) / folder.name
+            target = (held if index % 10 == 9 else kept)
+            if split_folders:
+                target /= "test" if index % 10 == 9 or index % 3 == 2 else "train"
+            target /= folder.name
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(photo, target / photo.name)
             count += index % 10 == 9
@@ -86,24 +97,37 @@ def main() -> None:
     args = parser.parse_args()
     if not args.photos.is_dir():
         sys.exit(f"No folder {args.photos}: pass a folder of class folders of photos.")
+    rows = []
+    for layout in ("class folders", "split folders"):
+        rows += _scenario(args.photos, layout)
+    print("\n| layout | run | seconds | of the first | nodes run | reused |\n"
+          "|---|---|---|---|---|---|")
+    for layout, label, seconds, first, ran, reused in rows:
+        print(f"| {layout} | {label} | {seconds:.1f} | {100 * seconds / first:.0f}% | {ran} "
+              f"| {reused} |")
+
+
+def _scenario(photos: Path, layout: str) -> list[tuple]:
+    """The three runs in a fresh copy of the project with the photos in ``layout``."""
     with tempfile.TemporaryDirectory(prefix="incremental_") as temp:
         root = Path(temp)
         _copy_project(root)
         held = root / "held_back"
-        added = _split_photos(args.photos, root / "data/01_raw/photos", held)
-        rows = []
+        added = _split_photos(photos, root / "data/01_raw/photos", held,
+                              split_folders=layout == "split folders")
+        rows, first = [], None
         for label in ("first, full", "second, unchanged", f"after adding {added} photos"):
             if label.startswith("after"):
                 shutil.copytree(held, root / "data/01_raw/photos", dirs_exist_ok=True)
             seconds, last = _run(root)
-            rows.append((label, seconds, len(last["ran"]), len(last["reused"])))
-            print(f"{label}: {seconds:.1f} s, ran {len(last['ran'])}, reused "
+            first = first or seconds
+            rows.append((layout, label, seconds, first, len(last["ran"]), len(last["reused"])))
+            print(f"{layout}, {label}: {seconds:.1f} s, ran {len(last['ran'])}, reused "
                   f"{len(last['reused'])}; in nodes {sum(last['seconds'].values()):.1f} s, "
                   f"the slowest: {_slowest(last['seconds'])}", flush=True)
-        first = rows[0][1]
-        print("\n| run | seconds | of the first | nodes run | reused |\n|---|---|---|---|---|")
-        for label, seconds, ran, reused in rows:
-            print(f"| {label} | {seconds:.1f} | {100 * seconds / first:.0f}% | {ran} | {reused} |")
+            if label.startswith("after"):
+                print(f"  ran: {', '.join(last['ran'])}", flush=True)
+        return rows
 
 
 if __name__ == "__main__":
