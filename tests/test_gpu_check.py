@@ -1,8 +1,8 @@
 """benchmarks/gpu_check.sh, in its CPU-safe quick form: every part runs (the smoke
-pipeline in bf16 only and only as far as LoRA's evaluation under --quick, the step benchmark on the tiny model, the loader
-benchmark on a few generated JPEGs, the resume-after-kill check, two gloo training
-processes against one), passes, and is listed in the summary table, which is written
-with each part's raw JSON."""
+pipeline in bf16 only and only as far as LoRA's evaluation under --quick, the step
+benchmark on the tiny model, the loader benchmark on a few generated JPEGs, the
+resume-after-kill check, two gloo training processes against one), passes, and is
+listed in the summary table, which is written with each part's raw JSON."""
 
 from __future__ import annotations
 
