@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from clip_lora_pipeline.core.manifest import class_table
 from clip_lora_pipeline.core.models import TINY_MODEL
 from clip_lora_pipeline.pipelines.lora import nodes
 from tests.conftest import synthetic_splits
@@ -40,8 +41,8 @@ def data(tmp_path_factory):
 def _train(data, root, devices):
     dataset, manifest, train, val, _ = data
     runtime = {"device": "cpu", "devices": devices, "num_workers": 0}
-    return nodes.train_adapter(train, val, manifest, dataset, MODEL, runtime, 4, ENTRY,
-                               str(root), name="lora", seed=1)
+    return nodes.train_adapter(train, val, class_table(manifest), dataset, MODEL, runtime, 4,
+                               ENTRY, str(root), name="lora", seed=1)
 
 
 @pytest.fixture(scope="module")
