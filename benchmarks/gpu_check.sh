@@ -34,9 +34,8 @@
 #                and written to $OUT/summary.md, beside each part's raw JSON and log.
 #
 # --quick: the smoke pipeline in bf16 only and only as far as LoRA's evaluation (the
-# whole profile takes ~45 s on 2 CPU cores), the fewest benchmark steps and repeats, a 20-step resume check, a 12-step
-# ddp check. It is
-# what tests/test_gpu_check.py runs.
+# whole profile takes ~45 s on 2 CPU cores), the fewest benchmark steps and repeats, a
+# 20-step resume check, a 12-step ddp check. It is what tests/test_gpu_check.py runs.
 #
 # Without CUDA the script runs as --cpu and says so. Exit code: 0 when no part failed.
 

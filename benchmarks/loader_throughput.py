@@ -109,7 +109,8 @@ def device_rate(paths: list[Path], aug: Augmentation, batch: int, repeats: int,
     for seed in range(repeats + 1):
         start = time.perf_counter()
         new_pass(cache, aug, batch, seed)
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        if device.type == "cuda":  # the crops are queued: wait for them
+            torch.cuda.synchronize(device)
         rates.append(len(paths) / (time.perf_counter() - start))
     return statistics.median(rates[1:]), build_s
 
