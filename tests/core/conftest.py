@@ -6,6 +6,7 @@ import http.server
 import socket
 import threading
 
+import pandas as pd
 import pytest
 import torch
 
@@ -21,14 +22,20 @@ def inputs():
     return torch.randn(4, 3, 32, 32), tokenizer(["a photo of a red circle.", "a dog", "x y z"])
 
 
+def generated_shapes(root, classes: int, per_class: int, size: int) -> pd.DataFrame:
+    """The synthetic source's shapes (seed 0) written under ``root``, and their manifest."""
+    options = {"num_classes": classes, "images_per_class": per_class, "image_size": size,
+               "seed": 0}
+    Synthetic().prepare(root, **options)
+    return Synthetic().index(root, **options)
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """The training tests' data: 6 generated shapes, 96 training and 48 validation
     images (paths and labels), and the class names by label."""
     root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 6, "images_per_class": 24, "image_size": 32, "seed": 0}
-    Synthetic().prepare(root, **options)
-    manifest = Synthetic().index(root, **options).sample(frac=1.0, random_state=0)
+    manifest = generated_shapes(root, 6, 24, 32).sample(frac=1.0, random_state=0)
     train, val = manifest.iloc[:96], manifest.iloc[96:]
     names = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
     return {"train": ([str(root / p) for p in train["path"]], train["label"].tolist()),
@@ -40,9 +47,7 @@ def shapes(tmp_path_factory):
 def few_images(tmp_path_factory):
     """(root, the paths of 9 generated shapes in 3 classes)."""
     root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 3, "images_per_class": 3, "image_size": 32, "seed": 0}
-    Synthetic().prepare(root, **options)
-    return root, Synthetic().index(root, **options)[["path"]]
+    return root, generated_shapes(root, 3, 3, 32)[["path"]]
 
 
 class _FileHandler(http.server.BaseHTTPRequestHandler):

@@ -29,9 +29,9 @@ from clip_lora_pipeline.core.distributed import (
 from clip_lora_pipeline.core.model_id import ModelError, ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.runtime import RuntimeSettings, resolve_device
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.core.train import TrainingLoop
 from clip_lora_pipeline.core.train_inputs import InputSettings, TrainingBatches
+from tests.core.conftest import generated_shapes
 
 AUGMENTATION = Augmentation(32, (0.08, 1.0), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
 
@@ -114,9 +114,7 @@ def test_batch_sizes_are_known_without_drawing_and_shares_weigh_by_the_global_ba
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 3, "images_per_class": 3, "image_size": 40, "seed": 0}
-    Synthetic().prepare(root, **options)
-    manifest = Synthetic().index(root, **options)
+    manifest = generated_shapes(root, 3, 3, 40)
     return [str(root / p) for p in manifest["path"]], manifest["label"].to_numpy()
 
 

@@ -34,10 +34,10 @@ from clip_lora_pipeline.core.generated import (
 )
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.core.train import TrainingLoop
 from clip_lora_pipeline.core.train_inputs import InputSettings, TrainingBatches
 from clip_lora_pipeline.core.training_step import training_loss
+from tests.core.conftest import generated_shapes
 from tests.core.tiny import assert_close
 
 EDITS = {"preserving": [lambda im: ImageEnhance.Brightness(im).enhance(1.2),
@@ -52,9 +52,7 @@ def shapes(tmp_path_factory):
     """16 training and 8 validation shapes; two preserving and two breaking variants of
     each training image (48 px, unlike the 32 px sources), listed in a CSV manifest."""
     root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 4, "images_per_class": 6, "image_size": 32, "seed": 0}
-    Synthetic().prepare(root, **options)
-    manifest = Synthetic().index(root, **options).sample(frac=1.0, random_state=0)
+    manifest = generated_shapes(root, 4, 6, 32).sample(frac=1.0, random_state=0)
     train, val = manifest.iloc[:16], manifest.iloc[16:]
     folder = tmp_path_factory.mktemp("generated")
     rows = []

@@ -47,8 +47,8 @@ from clip_lora_pipeline.core.prompts import (
     length_groups,
     templates_for,
 )
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from tests.conftest import write_image
+from tests.core.conftest import generated_shapes
 from tests.core.tiny import assert_close
 
 
@@ -322,8 +322,7 @@ def test_prompt_sets():
 
 def test_cached_embeddings_and_zero_shot_logits_equal_direct_open_clip(tiny, tmp_path):
     root = tmp_path / "synthetic"
-    Synthetic().prepare(root, num_classes=5, images_per_class=4, image_size=40, seed=0)
-    manifest = Synthetic().index(root, num_classes=5, images_per_class=4, image_size=40, seed=0)
+    manifest = generated_shapes(root, 5, 4, 40)
     cpu = torch.device("cpu")
     embedded = encode_images(tiny.model, manifest, root, tiny.preprocess, cpu,
                              batch_size=6, num_workers=2)

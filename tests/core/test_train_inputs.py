@@ -15,7 +15,6 @@ from clip_lora_pipeline.core.batches import EpochBatches
 from clip_lora_pipeline.core.model_id import ModelSpec
 from clip_lora_pipeline.core.models import TINY_MODEL, load_model
 from clip_lora_pipeline.core.runtime import RuntimeSettings
-from clip_lora_pipeline.core.sources.synthetic import Synthetic
 from clip_lora_pipeline.core.train import TrainingLoop
 from clip_lora_pipeline.core.train_inputs import (
     InputSettings,
@@ -23,6 +22,7 @@ from clip_lora_pipeline.core.train_inputs import (
     Validation,
     fits_cache,
 )
+from tests.core.conftest import generated_shapes
 
 AUGMENTATION = Augmentation(32, (0.08, 1.0), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
 
@@ -30,9 +30,7 @@ AUGMENTATION = Augmentation(32, (0.08, 1.0), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    options = {"num_classes": 4, "images_per_class": 10, "image_size": 48, "seed": 0}
-    Synthetic().prepare(root, **options)
-    manifest = Synthetic().index(root, **options)
+    manifest = generated_shapes(root, 4, 10, 48)
     names = manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist()
     return [str(root / p) for p in manifest["path"]], manifest["label"].to_numpy(), names
 
